@@ -1,0 +1,83 @@
+"""Publish CloudEvents to NATS JetStream from synchronous Python with one blocking call.
+
+Example::
+
+    from cellos_sink_jetstream import CloudEventV1, JetStreamEventSink
+
+    with JetStreamEventSink.connect(None, "cellos.events.{tenantId}") as sink:
+        sink.emit(CloudEventV1(id="evt-1", source="/supervisor", type="cell.started"))
+
+See the README for the breaker, the guarantees and the environment variables.
+"""
+
+from ._breaker import BreakerState, Connected, Reconnecting
+from ._compose import build_primary_event_sink
+from ._config import (
+    DEFAULT_NATS_URL,
+    ENV_CA_FILE,
+    ENV_NATS_URL,
+    ENV_REQUIRE_JETSTREAM,
+    ENV_USE_NOOP_SINK,
+    redact_url,
+)
+from ._errors import (
+    BackpressureError,
+    CircuitOpenError,
+    ConfigError,
+    ConnectError,
+    InvalidEventError,
+    InvalidSubjectError,
+    NoStreamError,
+    PayloadTooLargeError,
+    PublishError,
+    PublishTimeoutError,
+    ReentrantEmitError,
+    SinkClosedError,
+    SinkError,
+    StreamMismatchError,
+)
+from ._event import CloudEventV1
+from ._publisher import PubAck, Publisher
+from ._retry import with_retry
+from ._sink import EventSink, JetStreamEventSink, NoopEventSink, SinkStats
+from ._subject import TENANT_ID_DEFAULT_TOKEN, TENANT_ID_PLACEHOLDER, resolve_tenant_subject
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_NATS_URL",
+    "ENV_CA_FILE",
+    "ENV_NATS_URL",
+    "ENV_REQUIRE_JETSTREAM",
+    "ENV_USE_NOOP_SINK",
+    "TENANT_ID_DEFAULT_TOKEN",
+    "TENANT_ID_PLACEHOLDER",
+    "BackpressureError",
+    "BreakerState",
+    "CircuitOpenError",
+    "CloudEventV1",
+    "ConfigError",
+    "ConnectError",
+    "Connected",
+    "EventSink",
+    "InvalidEventError",
+    "InvalidSubjectError",
+    "JetStreamEventSink",
+    "NoStreamError",
+    "NoopEventSink",
+    "PayloadTooLargeError",
+    "PubAck",
+    "PublishError",
+    "PublishTimeoutError",
+    "Publisher",
+    "Reconnecting",
+    "ReentrantEmitError",
+    "SinkClosedError",
+    "SinkError",
+    "SinkStats",
+    "StreamMismatchError",
+    "__version__",
+    "build_primary_event_sink",
+    "redact_url",
+    "resolve_tenant_subject",
+    "with_retry",
+]

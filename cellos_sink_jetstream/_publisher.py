@@ -1,0 +1,299 @@
+"""The one seam to NATS: the :class:`Publisher` protocol and its nats-py implementation.
+
+Every nats-py error is translated into this library's errors here, at the publish
+boundary, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from typing_extensions import Protocol, runtime_checkable
+
+from ._errors import (
+    ConnectError,
+    NoStreamError,
+    PayloadTooLargeError,
+    PublishError,
+    PublishTimeoutError,
+    StreamMismatchError,
+)
+
+__all__ = [
+    "HEADER_CONTENT_TYPE",
+    "HEADER_EXPECTED_STREAM",
+    "HEADER_MSG_ID",
+    "ConnectOptions",
+    "NatsPublisher",
+    "PubAck",
+    "Publisher",
+]
+
+HEADER_MSG_ID = "Nats-Msg-Id"
+HEADER_EXPECTED_STREAM = "Nats-Expected-Stream"
+HEADER_CONTENT_TYPE = "Content-Type"
+
+# JetStream's error code for "expected stream does not match".
+_ERR_STREAM_MISMATCH = 10060
+_STATUS_NO_RESPONDERS = "503"
+
+logger = logging.getLogger("cellos_sink_jetstream")
+
+
+@dataclass(frozen=True)
+class PubAck:
+    """JetStream's acknowledgement of one stored message.
+
+    Attributes:
+        stream: The stream that stored it.
+        seq: Its sequence number in that stream.
+        duplicate: True when JetStream had already stored a message with the same
+            ``Nats-Msg-Id`` within the stream's duplicate window (nothing new was stored).
+    """
+
+    stream: str
+    seq: int
+    duplicate: bool = False
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """What the sink needs from a JetStream client: publish one message, await its ack.
+
+    Implementations raise this library's :class:`~cellos_sink_jetstream.PublishError`
+    subclasses; anything else is treated as a failure of NATS. The sink bounds every call
+    with its publish timeout, so an implementation need not.
+    """
+
+    async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
+        """Publish ``payload`` to ``subject`` with ``headers`` and return JetStream's ack."""
+        ...
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """How :class:`NatsPublisher` connects. Secrets stay inside ``servers``; never log them."""
+
+    servers: Sequence[str]
+    display_url: str
+    tls: Optional[ssl.SSLContext] = None
+    tls_hostname: Optional[str] = None
+    connect_timeout: float = 5.0
+    reconnect_time_wait: float = 0.25
+    name: str = "cellos-sink-jetstream"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def wants_tls(self) -> bool:
+        """Whether every connection must be encrypted before credentials are sent."""
+        return self.tls is not None or any(s.startswith("tls://") for s in self.servers)
+
+
+class _TlsEnforcingClient(Client):
+    """nats-py client that refuses to send CONNECT over plaintext when TLS was asked for.
+
+    nats-py upgrades to TLS only when the server's INFO says ``tls_required``; a server (or
+    an impostor) without TLS would otherwise receive the credentials in clear.
+    """
+
+    def __init__(self, require_tls: bool) -> None:
+        super().__init__()
+        self._cellos_require_tls = require_tls
+
+    def _connect_command(self) -> bytes:
+        if self._cellos_require_tls:
+            writer = getattr(self._transport, "_io_writer", None)
+            if writer is None or writer.get_extra_info("ssl_object") is None:
+                raise nats.errors.SecureConnRequiredError()
+        command: bytes = super()._connect_command()
+        return command
+
+
+class NatsPublisher:
+    """A :class:`Publisher` over one nats-py connection, pipelining publishes.
+
+    Like the Go client's ``PublishAsync``, all acks come back on one wildcard reply
+    subscription, so any number of publishes can be in flight without a subscription or
+    a timer task each. Publishes are written to the connection in call order, which keeps
+    the stream's order equal to the order of calls.
+    """
+
+    def __init__(self, nc: Client, reply_prefix: str, expected_stream: Optional[str]) -> None:
+        """Wrap a connected client; use :meth:`connect` rather than calling this."""
+        self._nc = nc
+        self._reply_prefix = reply_prefix
+        self._expected_stream = expected_stream
+        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count()
+
+    @classmethod
+    async def connect(
+        cls, options: ConnectOptions, expected_stream: Optional[str] = None
+    ) -> NatsPublisher:
+        """Connect within ``options.connect_timeout`` and set up the reply subscription."""
+        nc = _TlsEnforcingClient(options.wants_tls)
+        publisher = cls(nc, f"{nc.new_inbox()}.", expected_stream)
+
+        async def on_error(exc: Exception) -> None:
+            logger.debug("NATS connection error at %s: %s", options.display_url, type(exc).__name__)
+
+        async def on_disconnected() -> None:
+            logger.info("disconnected from NATS at %s", options.display_url)
+            publisher._abandon_in_flight()
+
+        async def on_reconnected() -> None:
+            logger.info("reconnected to NATS at %s", options.display_url)
+
+        kwargs: dict[str, Any] = {
+            "servers": list(options.servers),
+            "name": options.name,
+            "connect_timeout": max(0.1, min(options.connect_timeout, 2.0)),
+            "reconnect_time_wait": options.reconnect_time_wait,
+            "max_reconnect_attempts": -1,
+            "allow_reconnect": True,
+            # No buffering while disconnected: a publish then fails fast (and opens the
+            # circuit) instead of waiting to be flushed into a server that may never return.
+            "pending_size": 0,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnected,
+            "reconnected_cb": on_reconnected,
+        }
+        if options.tls is not None:
+            kwargs["tls"] = options.tls
+        if options.tls_hostname is not None:
+            kwargs["tls_hostname"] = options.tls_hostname
+        kwargs.update(options.extra)
+        try:
+            await asyncio.wait_for(nc.connect(**kwargs), options.connect_timeout)
+        except BaseException as exc:
+            await _close_quietly(nc)
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+                raise
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+            raise ConnectError(
+                f"could not connect to NATS at {options.display_url} within "
+                f"{options.connect_timeout:g}s ({reason}); check that the server is up, the "
+                f"URL, credentials and TLS settings"
+            ) from None
+        await nc.subscribe(f"{publisher._reply_prefix}*", cb=publisher._on_reply)
+        return publisher
+
+    @property
+    def max_payload(self) -> int:
+        """The server's ``max_payload`` (bytes of headers plus payload)."""
+        return int(self._nc.max_payload)
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the connection is up right now."""
+        return bool(self._nc.is_connected)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._pending.pop(msg.subject[len(self._reply_prefix) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
+        """Publish and wait for the ack; raise a :class:`PublishError` subclass otherwise."""
+        token = str(next(self._tokens))
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._pending[token] = future
+        try:
+            await self._nc.publish(
+                subject, payload, reply=self._reply_prefix + token, headers=dict(headers)
+            )
+            reply = await future
+        except nats.errors.MaxPayloadError:
+            raise PayloadTooLargeError(len(payload), self.max_payload) from None
+        except (
+            nats.errors.OutboundBufferLimitError,
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.StaleConnectionError,
+            nats.errors.ConnectionDrainingError,
+        ) as exc:
+            raise PublishError(
+                f"NATS connection is down ({type(exc).__name__}); the event was not sent"
+            ) from None
+        finally:
+            self._pending.pop(token, None)
+        return self._parse_ack(subject, reply)
+
+    def _parse_ack(self, subject: str, reply: Msg) -> PubAck:
+        if reply.headers and reply.headers.get("Status") == _STATUS_NO_RESPONDERS:
+            raise NoStreamError(
+                f"no JetStream stream captures subject {subject!r} (no responders); the "
+                f"operator must create a stream whose subjects include it"
+            )
+        try:
+            body = json.loads(reply.data)
+        except ValueError:
+            raise PublishError(
+                f"the reply to a publish on {subject!r} is not a JetStream ack; is a core "
+                f"NATS subscriber answering that subject?"
+            ) from None
+        if not isinstance(body, dict):
+            raise PublishError(f"the reply to a publish on {subject!r} is not a JetStream ack")
+        error = body.get("error")
+        if error is not None:
+            return self._raise_api_error(subject, error)
+        stream, seq = body.get("stream"), body.get("seq")
+        if not isinstance(stream, str) or not isinstance(seq, int):
+            raise PublishError(
+                f"the reply to a publish on {subject!r} is not a JetStream ack (no stream/seq); "
+                f"is a core NATS subscriber answering that subject?"
+            )
+        if self._expected_stream is not None and stream != self._expected_stream:
+            raise StreamMismatchError(
+                f"publish on {subject!r} was acknowledged by stream {stream!r}, not the "
+                f"configured {self._expected_stream!r}; check the stream subjects"
+            )
+        return PubAck(stream, seq, bool(body.get("duplicate", False)))
+
+    def _raise_api_error(self, subject: str, error: Any) -> PubAck:
+        details = error if isinstance(error, dict) else {}
+        description = str(details.get("description", "unknown error"))[:200]
+        if details.get("err_code") == _ERR_STREAM_MISMATCH:
+            raise StreamMismatchError(
+                f"JetStream refused the publish on {subject!r}: {description}; the subject is "
+                f"captured by another stream than the configured {self._expected_stream!r}"
+            )
+        raise PublishError(
+            f"JetStream refused the publish on {subject!r}: {description} "
+            f"(code {details.get('code')}, err_code {details.get('err_code')})"
+        )
+
+    def _abandon_in_flight(self) -> None:
+        # The connection dropped: these acks will never arrive, but the server may have
+        # stored the messages before it went away, so the outcome is unknown, not failed.
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(
+                    PublishTimeoutError(
+                        "the connection to NATS dropped before the ack arrived; the event may "
+                        "have been stored, re-emit it (same id) to be sure"
+                    )
+                )
+        self._pending.clear()
+
+    async def close(self) -> None:
+        """Close the connection; safe to call more than once."""
+        self._abandon_in_flight()
+        await _close_quietly(self._nc)
+
+
+async def _close_quietly(nc: Client) -> None:
+    try:
+        await nc.close()
+    except Exception as exc:  # closing must not mask the reason we are closing for
+        logger.debug("ignored error while closing the NATS connection: %s", type(exc).__name__)

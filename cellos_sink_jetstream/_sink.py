@@ -1,0 +1,612 @@
+"""The sinks: the blocking facade over the background runner.
+
+:class:`EventSink` is the protocol, :class:`NoopEventSink` the fallback and
+:class:`JetStreamEventSink` the real thing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import logging
+import os
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Callable, Optional, Union
+
+from typing_extensions import Protocol, Self, runtime_checkable
+
+from ._breaker import BreakerState, CircuitBreaker, Connected, Permit, Reconnecting
+from ._config import ENV_CA_FILE, redact_url, resolve_servers
+from ._errors import (
+    CircuitOpenError,
+    ConfigError,
+    InvalidEventError,
+    PayloadTooLargeError,
+    PublishError,
+    PublishTimeoutError,
+    ReentrantEmitError,
+    SinkClosedError,
+)
+from ._event import CloudEventV1
+from ._publisher import (
+    HEADER_CONTENT_TYPE,
+    HEADER_EXPECTED_STREAM,
+    HEADER_MSG_ID,
+    ConnectOptions,
+    NatsPublisher,
+    PubAck,
+    Publisher,
+)
+from ._runner import LoopRunner, PublishRequest
+from ._subject import TENANT_ID_PLACEHOLDER, resolve_tenant_subject, validate_subject_template
+
+__all__ = ["EventLike", "EventSink", "JetStreamEventSink", "NoopEventSink", "SinkStats"]
+
+logger = logging.getLogger("cellos_sink_jetstream")
+
+CONTENT_TYPE_CLOUDEVENTS_JSON = "application/cloudevents+json"
+
+#: What ``emit`` accepts: a :class:`CloudEventV1`, or a mapping in CloudEvents JSON form.
+EventLike = Union[CloudEventV1, Mapping[str, Any]]
+
+TransitionCallback = Callable[[BreakerState, BreakerState], None]
+
+# A caller waits this much longer than the loop's own publish timeout, so the loop's
+# verdict (which the breaker needs) normally arrives before the caller gives up.
+_CALLER_GRACE_SECONDS = 0.25
+# The header block nats-py writes around our headers: "NATS/1.0\r\n" ... "\r\n".
+_HEADER_FRAME_BYTES = len(b"NATS/1.0\r\n\r\n")
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Anything that takes CloudEvents: the JetStream sink, the no-op sink, wrappers."""
+
+    def emit(self, event: CloudEventV1) -> None:
+        """Deliver ``event`` or raise."""
+        ...
+
+    def close(self) -> None:
+        """Release resources; further ``emit`` calls fail."""
+        ...
+
+
+class NoopEventSink:
+    """The fallback sink: accepts every event and drops it.
+
+    The supervisor degrades to it when JetStream is unreachable at startup (unless
+    ``CELL_OS_REQUIRE_JETSTREAM`` is set) or when ``CELL_OS_USE_NOOP_SINK`` asks for it.
+    """
+
+    def emit(self, event: CloudEventV1) -> None:
+        """Drop ``event``."""
+
+    def close(self) -> None:
+        """Do nothing."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "NoopEventSink()"
+
+
+@dataclass(frozen=True)
+class SinkStats:
+    """Counters of one sink since it was created (a snapshot).
+
+    Attributes:
+        published: Events JetStream acknowledged (duplicates included).
+        duplicates: Acknowledged events JetStream had already stored (same ``id``).
+        failed: Events that were sent or queued but not acknowledged.
+        fast_failed: Emits refused by the open circuit without touching the queue.
+        probes: Probe publishes made while the circuit was open.
+        breaker_openings: Times the circuit went from ``Connected`` to ``Reconnecting``.
+        in_flight: Events queued or awaiting their ack right now.
+        queue_depth: Events waiting in the queue right now.
+    """
+
+    published: int
+    duplicates: int
+    failed: int
+    fast_failed: int
+    probes: int
+    breaker_openings: int
+    in_flight: int
+    queue_depth: int
+
+
+@dataclass(frozen=True)
+class _Settings:
+    subject: str
+    stream: Optional[str]
+    publish_timeout: float
+    connect_timeout: float
+    max_in_flight: int
+    max_queue: int
+    retry_attempts: int
+
+
+def _positive(name: str, value: object, kind: type = float) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise ConfigError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+    return value
+
+
+class JetStreamEventSink:
+    """Publishes CloudEvents to NATS JetStream with one blocking call, :meth:`emit`.
+
+    ``emit`` validates and serialises the event in the caller's thread, hands it through a
+    janus queue to the sink's one background thread (an asyncio loop with the nats-py
+    client), and returns once JetStream acknowledged it. While NATS is down, a circuit
+    breaker makes ``emit`` fail fast with :class:`CircuitOpenError`. Thread-safe; use it as
+    a context manager or call :meth:`close`.
+
+    Build one with :meth:`connect`, :meth:`connect_with_root_ca` or :meth:`from_publisher`.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        subject: str,
+        *,
+        display_url: str,
+        stream: Optional[str] = None,
+        publish_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        max_in_flight: int = 256,
+        max_queue: int = 8192,
+        retry_attempts: int = 3,
+        clock: Optional[Callable[[], float]] = None,
+        on_transition: Optional[TransitionCallback] = None,
+    ) -> None:
+        """Use :meth:`connect`, :meth:`connect_with_root_ca` or :meth:`from_publisher`."""
+        validate_subject_template(subject)
+        if stream is not None and (not isinstance(stream, str) or not stream.strip()):
+            raise ConfigError(f"stream must be a non-empty stream name, got {stream!r}")
+        self._settings = _Settings(
+            subject=subject,
+            stream=stream,
+            publish_timeout=_positive("publish_timeout", publish_timeout),
+            connect_timeout=_positive("connect_timeout", connect_timeout),
+            max_in_flight=_positive("max_in_flight", max_in_flight, int),
+            max_queue=_positive("max_queue", max_queue, int),
+            retry_attempts=_positive("retry_attempts", retry_attempts, int),
+        )
+        self._connect = connect
+        self._display_url = display_url
+        self._subject_is_fixed = TENANT_ID_PLACEHOLDER not in subject
+        self._base_headers: dict[str, str] = {HEADER_CONTENT_TYPE: CONTENT_TYPE_CLOUDEVENTS_JSON}
+        if stream is not None:
+            self._base_headers[HEADER_EXPECTED_STREAM] = stream
+        self._header_bytes = (
+            _HEADER_FRAME_BYTES
+            + sum(len(k) + len(v) + 4 for k, v in self._base_headers.items())
+            + len(HEADER_MSG_ID)
+            + 4
+        )
+        self._user_on_transition = on_transition
+        self._breaker = CircuitBreaker(clock, on_transition=self._on_transition)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
+        self._runner: Optional[LoopRunner] = None
+        self._pid = os.getpid()
+        self._in_flight = 0
+        self._published = self._duplicates = self._failed = 0
+        self._probes = self._openings = 0
+        _LIVE_SINKS.add(self)
+
+    # -- constructors --------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls,
+        url: Optional[str],
+        subject: str,
+        *,
+        ca_file: Optional[str] = None,
+        tls: Optional[ssl.SSLContext] = None,
+        env: Mapping[str, str] = os.environ,
+        **options: Any,
+    ) -> JetStreamEventSink:
+        """Connect to NATS and return a ready sink.
+
+        Args:
+            url: Server URL(s), comma-separated; ``None`` reads ``NATS_URL``, else
+                ``nats://127.0.0.1:4222``. Credentials may be embedded (``user:pass@``,
+                ``token@``); they never appear in logs, errors or ``repr``.
+            subject: Subject template, optionally with ``{tenantId}``.
+            ca_file: PEM root CA for TLS; ``None`` reads ``NATS_CA_FILE`` (if set).
+            tls: A ready ``ssl.SSLContext`` (wins over ``ca_file``).
+            env: Where environment variables are read from.
+            **options: ``stream`` (expected stream name: sets ``Nats-Expected-Stream``),
+                ``publish_timeout`` (5 s), ``connect_timeout`` (5 s), ``max_in_flight``
+                (256), ``max_queue`` (8192), ``retry_attempts`` (3), ``on_transition``
+                (``callback(old_state, new_state)``), ``clock`` (breaker clock), ``name``
+                (client name), ``reconnect_time_wait`` (0.25 s).
+
+        Raises:
+            ConfigError: a bad argument or environment variable.
+            ConnectError: NATS was not reachable within ``connect_timeout``.
+        """
+        servers, _origin = resolve_servers(url, env)
+        if tls is None:
+            ca = ca_file if ca_file is not None else (env.get(ENV_CA_FILE) or None)
+            if ca is not None:
+                tls = _root_ca_context(ca, ENV_CA_FILE if ca_file is None else "ca_file")
+        display_url = redact_url(",".join(servers))
+        connect_options = ConnectOptions(
+            servers=servers,
+            display_url=display_url,
+            tls=tls,
+            connect_timeout=float(options.get("connect_timeout", 5.0)),
+            reconnect_time_wait=float(options.pop("reconnect_time_wait", 0.25)),
+            name=str(options.pop("name", "cellos-sink-jetstream")),
+        )
+        stream = options.get("stream")
+
+        async def connect_publisher() -> Publisher:
+            return await NatsPublisher.connect(connect_options, stream)
+
+        sink = cls(connect_publisher, subject, display_url=display_url, **options)
+        sink._start_runner()
+        return sink
+
+    @classmethod
+    def connect_with_root_ca(
+        cls, url: Optional[str], subject: str, ca_path: Union[str, os.PathLike[str]], **options: Any
+    ) -> JetStreamEventSink:
+        """Connect over TLS, trusting only the private root CA in ``ca_path``.
+
+        The server's certificate must chain to that CA and name the host in the URL
+        (hostname verification stays on). Credentials are sent only after the TLS
+        handshake; a server without TLS is refused. Other arguments as :meth:`connect`.
+        """
+        tls = _root_ca_context(os.fspath(ca_path), "ca_path")
+        return cls.connect(url, subject, tls=tls, **options)
+
+    @classmethod
+    def from_publisher(
+        cls, publisher: Publisher, subject: str, **options: Any
+    ) -> JetStreamEventSink:
+        """Build a sink around any :class:`Publisher` (a fake, in tests); no NATS needed.
+
+        The publisher runs on the sink's background loop like the real one. If it has a
+        ``max_payload`` attribute, oversized events are refused before publishing.
+        """
+
+        async def ready() -> Publisher:
+            return publisher
+
+        sink = cls(ready, subject, display_url=f"<{type(publisher).__name__}>", **options)
+        sink._start_runner()
+        return sink
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def emit(self, event: EventLike) -> None:
+        """Publish ``event`` and block until JetStream acknowledged it.
+
+        Raises:
+            InvalidEventError: the event is invalid (nothing sent; breaker untouched).
+            InvalidSubjectError: its tenant id is unsafe (nothing sent; breaker untouched).
+            CircuitOpenError: NATS is down; nothing sent, retry after ``retry_after``.
+            PublishTimeoutError: no ack within ``publish_timeout``; it may be stored.
+            PublishError: JetStream refused or could not store it.
+            SinkClosedError: the sink is closed.
+            ReentrantEmitError: called from the sink's own loop thread.
+        """
+        self.publish(event)
+
+    def publish(self, event: EventLike, timeout: Optional[float] = None) -> PubAck:
+        """Like :meth:`emit`, but return JetStream's :class:`PubAck`.
+
+        ``timeout`` (default: the sink's ``publish_timeout``) bounds the whole call,
+        including time spent waiting for room in the queue.
+        """
+        timeout = self._settings.publish_timeout if timeout is None else timeout
+        future = self._submit(event, timeout, wait_for_room=timeout)
+        try:
+            return future.result(timeout + _CALLER_GRACE_SECONDS)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise PublishTimeoutError(
+                f"no JetStream ack within {timeout:g}s; the event may still be stored, "
+                f"re-emit it (same id) to be sure"
+            ) from None
+
+    def emit_nowait(
+        self, event: EventLike, timeout: Optional[float] = None
+    ) -> concurrent.futures.Future[PubAck]:
+        """Queue ``event`` and return a future of its :class:`PubAck` without waiting.
+
+        Blocks only while the queue is full, for at most ``timeout`` seconds (default: the
+        sink's ``publish_timeout``), then raises :class:`BackpressureError`. Validation
+        errors and :class:`CircuitOpenError` are raised here, not through the future.
+        Events queued from one thread are stored in the order they were queued.
+        """
+        timeout = self._settings.publish_timeout if timeout is None else timeout
+        return self._submit(event, self._settings.publish_timeout, wait_for_room=timeout)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every queued or in-flight event has its outcome.
+
+        Returns ``True`` if all did within ``timeout`` seconds (``None``: wait as long as
+        it takes), ``False`` otherwise (their futures stay pending).
+        """
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def _submit(
+        self, event: EventLike, timeout: float, wait_for_room: float
+    ) -> concurrent.futures.Future[PubAck]:
+        if self._closed:
+            raise SinkClosedError("the sink is closed; create a new sink to emit events")
+        runner = self._current_runner()
+        if threading.get_ident() == runner.thread_ident:
+            raise ReentrantEmitError(
+                "emit() was called from the sink's own background thread (a logging handler "
+                "or callback running there?); it would deadlock. Emit from another thread."
+            )
+        subject, payload, headers = self._prepare(event, runner)
+        permit = self._breaker.admit()
+        if permit is None:
+            state = self._breaker.state
+            raise CircuitOpenError(
+                state.attempt if isinstance(state, Reconnecting) else 0,
+                self._breaker.retry_after(),
+            )
+        if permit.is_probe:
+            self._probes += 1
+        started = time.monotonic()
+        future: concurrent.futures.Future[PubAck] = concurrent.futures.Future()
+        with self._lock:
+            self._in_flight += 1
+        try:
+            runner.submit(
+                PublishRequest(subject, payload, headers, started + timeout, future), wait_for_room
+            )
+        except BaseException:
+            self._breaker.release(permit)
+            self._finish_one()
+            raise
+        future.add_done_callback(lambda done: self._on_done(done, permit))
+        return future
+
+    def _prepare(self, event: EventLike, runner: LoopRunner) -> tuple[str, bytes, dict[str, str]]:
+        if not isinstance(event, CloudEventV1):
+            event = _coerce_event(event)
+        payload = event.to_json()
+        subject = (
+            self._settings.subject
+            if self._subject_is_fixed
+            else resolve_tenant_subject(self._settings.subject, event)
+        )
+        limit = getattr(runner.publisher, "max_payload", None)
+        if limit is not None:
+            size = len(payload) + self._header_bytes + len(event.id)
+            if size > limit:
+                raise PayloadTooLargeError(size, limit)
+        headers = self._base_headers.copy()
+        headers[HEADER_MSG_ID] = event.id
+        return subject, payload, headers
+
+    def _on_done(self, future: concurrent.futures.Future[PubAck], permit: Permit) -> None:
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled():
+            self._breaker.release(permit)
+            self._failed += 1
+        elif error is None:
+            ack = future.result()
+            self._published += 1
+            if ack.duplicate:
+                self._duplicates += 1
+            self._breaker.record_success(permit)
+        elif isinstance(error, PublishError):
+            self._failed += 1
+            self._breaker.record_failure(permit)
+        else:  # the caller's own error, or the sink closing: nothing learned about NATS
+            self._failed += 1
+            self._breaker.release(permit)
+        self._finish_one()
+
+    def _finish_one(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def debug_state(self) -> BreakerState:
+        """The breaker's state: ``Connected()`` or ``Reconnecting(attempt, next_after)``.
+
+        ``next_after`` is on the ``time.monotonic()`` clock (or the injected ``clock``).
+        """
+        return self._breaker.state
+
+    def stats(self) -> SinkStats:
+        """A snapshot of the sink's counters."""
+        runner = self._runner
+        return SinkStats(
+            published=self._published,
+            duplicates=self._duplicates,
+            failed=self._failed,
+            fast_failed=self._breaker.rejections,
+            probes=self._probes,
+            breaker_openings=self._openings,
+            in_flight=self._in_flight,
+            queue_depth=0 if runner is None else runner.queue_depth(),
+        )
+
+    @property
+    def subject(self) -> str:
+        """The subject template events are published to."""
+        return self._settings.subject
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def _on_transition(self, old: BreakerState, new: BreakerState) -> None:
+        if isinstance(new, Connected):
+            logger.info(
+                "circuit closed: NATS JetStream at %s acknowledges again", self._display_url
+            )
+        elif isinstance(old, Connected):
+            self._openings += 1
+            logger.warning(
+                "circuit opened: publishing to NATS JetStream at %s failed; emits fail fast, "
+                "next probe in %.3gs",
+                self._display_url,
+                new.next_after - self._breaker.now(),
+            )
+        else:
+            logger.info(
+                "probe %d to NATS JetStream at %s failed; next probe in %.3gs",
+                new.attempt,
+                self._display_url,
+                new.next_after - self._breaker.now(),
+            )
+        if self._user_on_transition is not None:
+            try:
+                self._user_on_transition(old, new)
+            except Exception:
+                logger.exception("the on_transition callback raised; ignored")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _start_runner(self) -> LoopRunner:
+        settings = self._settings
+        runner = LoopRunner(
+            self._connect,
+            max_in_flight=settings.max_in_flight,
+            max_queue=settings.max_queue,
+            retry_attempts=settings.retry_attempts,
+        )
+        runner.start(settings.connect_timeout + 1.0)
+        self._runner = runner
+        return runner
+
+    def _current_runner(self) -> LoopRunner:
+        runner = self._runner
+        if runner is not None and self._pid == os.getpid():
+            return runner
+        with self._lock:
+            if self._runner is None or self._pid != os.getpid():
+                # A forked child: the parent's thread and connection do not exist here.
+                if self._runner is not None:
+                    _ABANDONED_RUNNERS.append(self._runner)
+                self._pid = os.getpid()
+                self._in_flight = 0
+                self._runner = None
+                self._runner = self._start_runner()
+            return self._runner
+
+    def _after_fork_in_child(self) -> None:
+        # Locks held by other parent threads at fork time would stay locked forever here.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._breaker._lock = threading.Lock()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is in flight, close the connection, stop the thread.
+
+        Waits at most ``timeout`` seconds in all. Idempotent and thread-safe; ``emit``
+        afterwards raises :class:`SinkClosedError`. Events still undelivered at the
+        deadline fail with :class:`SinkClosedError` and are counted in the log.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            already_closed = self._closed
+            self._closed = True
+        runner = self._runner
+        if already_closed or runner is None or self._pid != os.getpid():
+            if runner is not None and self._pid == os.getpid():
+                runner.stop(max(0.0, deadline - time.monotonic()))
+            return
+        # Keep part of the budget for stopping: cancelling and closing the connection.
+        reserve = min(0.5, timeout / 2)
+        if not self.flush(max(0.0, deadline - reserve - time.monotonic())):
+            logger.warning(
+                "closing with %d event(s) still undelivered; they fail with SinkClosedError",
+                self._in_flight,
+            )
+        if not runner.stop(max(0.0, deadline - time.monotonic())):
+            logger.warning("the sink's background thread did not stop within %gs", timeout)
+        _LIVE_SINKS.discard(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else type(self._breaker.state).__name__
+        return (
+            f"JetStreamEventSink(url={self._display_url!r}, subject={self._settings.subject!r}, "
+            f"state={state})"
+        )
+
+
+def _coerce_event(event: object) -> CloudEventV1:
+    if isinstance(event, Mapping):
+        return CloudEventV1.from_dict(event)
+    raise InvalidEventError(
+        "event",
+        f"expected a CloudEventV1 or a mapping in CloudEvents JSON form, got "
+        f"{type(event).__name__}",
+    )
+
+
+def _root_ca_context(ca_path: str, origin: str) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=ca_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{origin}: cannot load a PEM root CA from {ca_path!r} ({type(exc).__name__}); "
+            f"point it at a readable PEM CA bundle"
+        ) from None
+
+
+_LIVE_SINKS: weakref.WeakSet[JetStreamEventSink] = weakref.WeakSet()
+# Kept alive after a fork so the child never runs their finalizers against a loop and
+# locks that belong to a thread which does not exist in the child.
+_ABANDONED_RUNNERS: list[LoopRunner] = []
+
+
+def _reinit_after_fork() -> None:
+    for sink in list(_LIVE_SINKS):
+        sink._after_fork_in_child()
+
+
+def _close_all_at_exit() -> None:
+    # Runs before the interpreter tears down daemon threads, so pending publishes get
+    # their outcome and no "Task was destroyed but it is pending" is printed.
+    for sink in list(_LIVE_SINKS):
+        sink.close(timeout=sink._settings.publish_timeout)
+
+
+atexit.register(_close_all_at_exit)
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)

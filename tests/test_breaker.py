@@ -1,0 +1,187 @@
+"""The breaker as a pure state machine: fake clock, freezegun, racing threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from freezegun import freeze_time
+
+from cellos_sink_jetstream._breaker import (
+    CircuitBreaker,
+    Connected,
+    Reconnecting,
+    backoff_delay,
+)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def open_breaker(clock: FakeClock) -> CircuitBreaker:
+    breaker = CircuitBreaker(clock)
+    permit = breaker.admit()
+    assert permit is not None
+    breaker.record_failure(permit)
+    return breaker
+
+
+def test_schedule_doubles_from_100ms_and_caps_at_3_minutes() -> None:
+    delays = [backoff_delay(n) for n in range(14)]
+    assert delays[:4] == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    assert delays[10] == pytest.approx(102.4)
+    assert delays[11:] == [180.0, 180.0, 180.0]
+    assert backoff_delay(10_000) == 180.0
+
+
+def test_starts_connected_and_admits_without_probe() -> None:
+    breaker = CircuitBreaker(FakeClock())
+    permit = breaker.admit()
+    assert breaker.state == Connected()
+    assert permit is not None
+    assert not permit.is_probe
+
+
+def test_first_failure_opens_for_100ms() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    assert breaker.state == Reconnecting(attempt=0, next_after=pytest.approx(1000.1))
+
+
+def test_fails_fast_until_next_after_then_admits_one_probe() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.advance(0.099)
+    assert breaker.admit() is None
+    assert breaker.retry_after() == pytest.approx(0.001)
+    clock.advance(0.001)
+    probe = breaker.admit()
+    assert probe is not None
+    assert probe.is_probe
+    assert breaker.admit() is None, "a second caller must not probe while one runs"
+    assert breaker.rejections == 2
+
+
+def test_failed_probes_walk_the_schedule_and_success_resets() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    expected_attempt = 0
+    for _ in range(13):
+        state = breaker.state
+        assert isinstance(state, Reconnecting)
+        assert state.attempt == expected_attempt
+        clock.now = state.next_after
+        probe = breaker.admit()
+        assert probe is not None
+        breaker.record_failure(probe)
+        expected_attempt += 1
+        new = breaker.state
+        assert isinstance(new, Reconnecting)
+        assert new.next_after - clock.now == pytest.approx(backoff_delay(expected_attempt))
+    assert breaker.state.next_after - clock.now == 180.0  # type: ignore[union-attr]
+    clock.now = breaker.state.next_after  # type: ignore[union-attr]
+    probe = breaker.admit()
+    assert probe is not None
+    breaker.record_success(probe)
+    assert breaker.state == Connected()
+    # Reset: the next failure starts again at attempt 0 and 100 ms.
+    permit = breaker.admit()
+    assert permit is not None
+    breaker.record_failure(permit)
+    assert breaker.state == Reconnecting(0, pytest.approx(clock.now + 0.1))
+
+
+def test_results_of_publishes_admitted_before_opening_are_stale() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock)
+    early_a, early_b, early_c = breaker.admit(), breaker.admit(), breaker.admit()
+    assert early_a and early_b and early_c
+    breaker.record_failure(early_a)
+    opened = breaker.state
+    breaker.record_success(early_b)
+    assert breaker.state == opened, "a stale success must not close the circuit"
+    breaker.record_failure(early_c)
+    assert breaker.state == opened, "a stale failure must not push the schedule"
+
+
+def test_released_probe_lets_the_next_caller_probe_at_once() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.advance(1)
+    probe = breaker.admit()
+    assert probe is not None
+    breaker.release(probe)
+    assert isinstance(breaker.state, Reconnecting)
+    again = breaker.admit()
+    assert again is not None
+    assert again.is_probe
+
+
+def test_transitions_are_reported_once_each() -> None:
+    seen: list[tuple[object, object]] = []
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock, on_transition=lambda old, new: seen.append((old, new)))
+    permits = [breaker.admit() for _ in range(5)]
+    for permit in permits:
+        assert permit is not None
+        breaker.record_failure(permit)
+    assert len(seen) == 1
+    clock.advance(0.1)
+    probe = breaker.admit()
+    assert probe is not None
+    breaker.record_success(probe)
+    assert [type(new).__name__ for _, new in seen] == ["Reconnecting", "Connected"]
+
+
+def test_default_clock_is_driven_by_freezegun() -> None:
+    with freeze_time("2026-01-01 00:00:00") as frozen:
+        breaker = CircuitBreaker()
+        permit = breaker.admit()
+        assert permit is not None
+        breaker.record_failure(permit)
+        state = breaker.state
+        assert isinstance(state, Reconnecting)
+        assert state.next_after == pytest.approx(time.monotonic() + 0.1)
+        frozen.tick(0.05)
+        assert breaker.admit() is None
+        frozen.tick(0.05)
+        probe = breaker.admit()
+        assert probe is not None
+        breaker.record_failure(probe)
+        frozen.tick(0.19)
+        assert breaker.admit() is None
+        frozen.tick(0.01)
+        assert breaker.admit() is not None
+
+
+def test_exactly_one_of_64_racing_threads_gets_the_probe() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.advance(1)
+    barrier = threading.Barrier(64)
+    results: list[object] = []
+    lock = threading.Lock()
+
+    def racer() -> None:
+        barrier.wait()
+        permit = breaker.admit()
+        with lock:
+            results.append(permit)
+
+    threads = [threading.Thread(target=racer) for _ in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    probes = [p for p in results if p is not None]
+    assert len(results) == 64
+    assert len(probes) == 1

@@ -1,0 +1,437 @@
+"""The blocking facade over a fake publisher: gated by events, never by sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Callable
+
+import pytest
+
+from cellos_sink_jetstream import (
+    BackpressureError,
+    CircuitOpenError,
+    CloudEventV1,
+    Connected,
+    InvalidEventError,
+    InvalidSubjectError,
+    JetStreamEventSink,
+    PayloadTooLargeError,
+    PubAck,
+    PublishError,
+    PublishTimeoutError,
+    Reconnecting,
+    ReentrantEmitError,
+    SinkClosedError,
+)
+from tests.fakes import GatedPublisher, InstantPublisher
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_event(n: int = 0, **kwargs: Any) -> CloudEventV1:
+    return CloudEventV1(
+        id=f"evt-{n}", source="/tests", type="cell.lifecycle.started", data={"n": n}, **kwargs
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def gated(clock: FakeClock) -> Iterator[tuple[JetStreamEventSink, GatedPublisher]]:
+    publisher = GatedPublisher(max_payload=4096)
+    sink = JetStreamEventSink.from_publisher(
+        publisher, "cellos.events.{tenantId}", clock=clock, publish_timeout=2.0, retry_attempts=1
+    )
+    yield sink, publisher
+    sink.close(timeout=2.0)
+
+
+@pytest.fixture
+def instant(clock: FakeClock) -> Iterator[tuple[JetStreamEventSink, InstantPublisher]]:
+    publisher = InstantPublisher()
+    sink = JetStreamEventSink.from_publisher(publisher, "cellos.events.x", clock=clock)
+    yield sink, publisher
+    sink.close(timeout=2.0)
+
+
+def in_thread(fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    """Run ``fn`` on a new thread; its outcome lands in the returned future."""
+    outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(fn())
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return outcome
+
+
+def open_circuit(sink: JetStreamEventSink, publisher: GatedPublisher) -> None:
+    pending = in_thread(lambda: sink.emit(make_event(999)))
+    publisher.next_call().fail()
+    with pytest.raises(PublishError):
+        pending.result(5)
+    assert isinstance(sink.debug_state(), Reconnecting)
+
+
+def test_emit_blocks_until_acked_and_sends_headers_subject_payload(gated: Any) -> None:
+    sink, publisher = gated
+    event = make_event(1, extensions={"tenantid": "acme"})
+    pending = in_thread(lambda: sink.publish(event))
+    call = publisher.next_call()
+    assert not pending.done(), "emit must block until JetStream acknowledged"
+    assert call.subject == "cellos.events.acme"
+    assert call.payload == event.to_json()
+    assert call.headers["Nats-Msg-Id"] == "evt-1"
+    assert call.headers["Content-Type"] == "application/cloudevents+json"
+    assert "Nats-Expected-Stream" not in call.headers
+    call.ack(seq=7, duplicate=True)
+    assert pending.result(5) == PubAck("CELLOS", 7, True)
+    assert sink.stats().duplicates == 1
+
+
+def test_expected_stream_header_is_sent_when_configured() -> None:
+    publisher = InstantPublisher()
+    with JetStreamEventSink.from_publisher(publisher, "a.b", stream="CELLOS") as sink:
+        sink.emit(make_event())
+    assert publisher.received[0][2]["Nats-Expected-Stream"] == "CELLOS"
+
+
+def test_emit_accepts_a_cloudevents_json_mapping(instant: Any) -> None:
+    sink, publisher = instant
+    sink.emit({"specversion": "1.0", "id": "m-1", "source": "/s", "type": "t", "data": [1]})
+    assert publisher.received[0][2]["Nats-Msg-Id"] == "m-1"
+
+
+def test_many_threads_are_published_concurrently_not_one_at_a_time(gated: Any) -> None:
+    sink, publisher = gated
+    pending = [in_thread(lambda n=n: sink.emit(make_event(n))) for n in range(8)]
+    calls = [publisher.next_call() for _ in range(8)]
+    assert publisher.max_concurrent == 8
+    for call in calls:
+        call.ack()
+    for outcome in pending:
+        assert outcome.result(5) is None
+
+
+def test_failure_opens_circuit_then_fast_fails_without_touching_the_publisher(
+    gated: Any, clock: FakeClock
+) -> None:
+    sink, publisher = gated
+    open_circuit(sink, publisher)
+    assert sink.debug_state() == Reconnecting(0, pytest.approx(clock.now + 0.1))
+    for n in range(100):
+        with pytest.raises(CircuitOpenError) as info:
+            sink.emit(make_event(n))
+    assert info.value.attempt == 0
+    assert info.value.retry_after == pytest.approx(0.1)
+    assert publisher.calls.empty()
+    assert sink.stats().queue_depth == 0
+    assert sink.stats().fast_failed == 100
+
+
+def test_probe_after_backoff_closes_circuit(gated: Any, clock: FakeClock) -> None:
+    sink, publisher = gated
+    open_circuit(sink, publisher)
+    clock.now += 0.1
+    probe = in_thread(lambda: sink.emit(make_event(1)))
+    call = publisher.next_call()
+    with pytest.raises(CircuitOpenError):
+        sink.emit(make_event(2))  # one probe at a time
+    call.ack()
+    probe.result(5)
+    assert sink.debug_state() == Connected()
+    assert sink.stats().probes == 1
+
+
+def test_failed_probe_doubles_the_backoff(gated: Any, clock: FakeClock) -> None:
+    sink, publisher = gated
+    open_circuit(sink, publisher)
+    clock.now += 0.1
+    probe = in_thread(lambda: sink.emit(make_event(1)))
+    publisher.next_call().fail()
+    with pytest.raises(PublishError):
+        probe.result(5)
+    assert sink.debug_state() == Reconnecting(1, pytest.approx(clock.now + 0.2))
+
+
+def test_hanging_probe_is_bounded_by_publish_timeout_and_counts_as_failure(
+    clock: FakeClock,
+) -> None:
+    publisher = GatedPublisher()
+    with JetStreamEventSink.from_publisher(
+        publisher, "a.b", clock=clock, publish_timeout=0.3, retry_attempts=1
+    ) as sink:
+        open_circuit(sink, publisher)
+        clock.now += 0.1
+        started = time.monotonic()
+        with pytest.raises(PublishTimeoutError):
+            sink.emit(make_event(1))
+        assert time.monotonic() - started < 0.3 + 0.5
+        publisher.next_call()  # the probe did reach the publisher, then hung
+        assert sink.debug_state() == Reconnecting(1, pytest.approx(clock.now + 0.2))
+
+
+def test_results_started_before_the_circuit_opened_do_not_close_it(gated: Any) -> None:
+    sink, publisher = gated
+    early = [in_thread(lambda n=n: sink.emit(make_event(n))) for n in range(3)]
+    calls = [publisher.next_call() for _ in range(3)]
+    calls[0].fail()
+    with pytest.raises(PublishError):
+        early[0].result(5)
+    opened = sink.debug_state()
+    assert isinstance(opened, Reconnecting)
+    calls[1].ack()
+    early[1].result(5)
+    calls[2].fail()
+    with pytest.raises(PublishError):
+        early[2].result(5)
+    assert sink.debug_state() == opened
+
+
+def test_64_threads_on_an_open_circuit_send_exactly_one_probe(
+    gated: Any, clock: FakeClock
+) -> None:
+    sink, publisher = gated
+    open_circuit(sink, publisher)
+    clock.now += 0.1
+    barrier = threading.Barrier(64)
+    fast_fail_seconds: list[float] = []
+    lock = threading.Lock()
+
+    def caller(n: int) -> str:
+        barrier.wait()
+        started = time.perf_counter()
+        try:
+            sink.emit(make_event(n))
+        except CircuitOpenError:
+            with lock:
+                fast_fail_seconds.append(time.perf_counter() - started)
+            return "fast-failed"
+        return "published"
+
+    outcomes = [in_thread(lambda n=n: caller(n)) for n in range(64)]
+    probe = publisher.next_call()
+    fast = [o.result(5) for o in outcomes if o.done() or _wait_done(o, 0.2)]
+    assert fast.count("fast-failed") == 63
+    assert publisher.calls.empty(), "exactly one probe reaches the publisher"
+    probe.ack()
+    assert [o.result(5) for o in outcomes].count("published") == 1
+    assert statistics.median(fast_fail_seconds) < 0.001
+
+
+def _wait_done(future: concurrent.futures.Future[Any], timeout: float) -> bool:
+    concurrent.futures.wait([future], timeout)
+    return future.done()
+
+
+def test_caller_errors_raise_before_publishing_and_never_move_the_breaker(gated: Any) -> None:
+    sink, publisher = gated
+    with pytest.raises(InvalidSubjectError):
+        sink.emit(make_event(1, extensions={"tenantid": "a.b"}))
+    with pytest.raises(PayloadTooLargeError):
+        sink.emit(CloudEventV1(id="big", source="/s", type="t", data="x" * 5000))
+    with pytest.raises(InvalidEventError):
+        sink.emit({"id": "no-source"})
+    with pytest.raises(InvalidEventError):
+        sink.emit("not an event")  # type: ignore[arg-type]
+    assert publisher.calls.empty()
+    assert sink.debug_state() == Connected()
+
+
+def test_emit_after_close_raises_at_once_and_close_is_idempotent(instant: Any) -> None:
+    sink, _ = instant
+    sink.emit(make_event())
+    sink.close()
+    sink.close()
+    with pytest.raises(SinkClosedError):
+        sink.emit(make_event(2))
+    assert sink.closed
+
+
+def test_close_fails_blocked_emits_within_its_timeout_and_leaves_no_thread() -> None:
+    before = {t.ident for t in threading.enumerate()}
+    publisher = GatedPublisher()
+    sink = JetStreamEventSink.from_publisher(publisher, "a.b", publish_timeout=30)
+    blocked = [in_thread(lambda n=n: sink.emit(make_event(n))) for n in range(4)]
+    for _ in range(4):
+        publisher.next_call()
+    started = time.monotonic()
+    sink.close(timeout=0.5)
+    assert time.monotonic() - started < 0.5 + 0.5
+    for outcome in blocked:
+        with pytest.raises(SinkClosedError):
+            outcome.result(2)
+    leftover = [
+        t for t in threading.enumerate() if t.ident not in before and t.name.startswith("cellos")
+    ]
+    assert leftover == []
+
+
+def test_close_from_many_threads_at_once(instant: Any) -> None:
+    sink, _ = instant
+    closers = [in_thread(sink.close) for _ in range(8)]
+    for closer in closers:
+        assert closer.result(5) is None
+    assert sink.closed
+
+
+def test_emit_from_the_sinks_own_loop_raises_instead_of_deadlocking() -> None:
+    seen: list[BaseException] = []
+
+    class ReentrantPublisher(InstantPublisher):
+        sink: JetStreamEventSink
+
+        async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
+            try:
+                self.sink.emit(make_event(2))
+            except ReentrantEmitError as exc:
+                seen.append(exc)
+            return await super().publish(subject, payload, headers)
+
+    publisher = ReentrantPublisher()
+    with JetStreamEventSink.from_publisher(publisher, "a.b") as sink:
+        publisher.sink = sink
+        sink.emit(make_event(1))
+    assert len(seen) == 1
+    assert "deadlock" in str(seen[0])
+
+
+def test_emit_nowait_and_flush_resolve_every_future_in_order(instant: Any) -> None:
+    sink, publisher = instant
+    futures = [sink.emit_nowait(make_event(n)) for n in range(500)]
+    assert sink.flush(5)
+    seqs = [f.result(0).seq for f in futures]
+    assert seqs == sorted(seqs)
+    assert [r[2]["Nats-Msg-Id"] for r in publisher.received] == [f"evt-{n}" for n in range(500)]
+    assert sink.stats().published == 500
+    assert sink.stats().in_flight == 0
+
+
+def test_flush_reports_false_while_events_are_stuck(gated: Any) -> None:
+    sink, publisher = gated
+    future = sink.emit_nowait(make_event())
+    call = publisher.next_call()
+    assert sink.flush(0.05) is False
+    call.ack()
+    assert sink.flush(5) is True
+    assert future.result(0).seq == 1
+
+
+def test_emit_nowait_raises_backpressure_when_queue_and_in_flight_are_full() -> None:
+    publisher = GatedPublisher()
+    with JetStreamEventSink.from_publisher(
+        publisher, "a.b", max_in_flight=1, max_queue=1, publish_timeout=5
+    ) as sink:
+        first = sink.emit_nowait(make_event(0))
+        publisher.next_call()  # in flight, holds the only slot
+        sink.emit_nowait(make_event(1))  # picked from the queue, waits for the slot
+        _wait_until(lambda: sink.stats().queue_depth == 0)
+        sink.emit_nowait(make_event(2))  # sits in the queue
+        with pytest.raises(BackpressureError):
+            sink.emit_nowait(make_event(3), timeout=0.05)
+        assert not first.done()
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_breaker_transitions_are_logged_once_each_and_reported(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    transitions: list[tuple[object, object]] = []
+    publisher = InstantPublisher()
+    caplog.set_level(logging.INFO, logger="cellos_sink_jetstream")
+    with JetStreamEventSink.from_publisher(
+        publisher, "a.b", clock=clock, on_transition=lambda o, n: transitions.append((o, n))
+    ) as sink:
+        publisher.failing.set()
+        with pytest.raises(PublishError):
+            sink.emit(make_event(0))
+        for n in range(50):
+            with pytest.raises(CircuitOpenError):
+                sink.emit(make_event(n))
+        publisher.failing.clear()
+        clock.now += 0.1
+        sink.emit(make_event(1))
+    opened = [r for r in caplog.records if "circuit opened" in r.getMessage()]
+    closed = [r for r in caplog.records if "circuit closed" in r.getMessage()]
+    assert len(opened) == 1
+    assert len(closed) == 1
+    assert [type(n).__name__ for _, n in transitions] == ["Reconnecting", "Connected"]
+    assert sink.stats().breaker_openings == 1
+
+
+def test_a_crashing_publisher_gives_a_typed_error_and_keeps_the_loop_alive() -> None:
+    class Crashing(InstantPublisher):
+        async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
+            if headers["Nats-Msg-Id"] == "evt-0":
+                raise RuntimeError("boom")
+            return await super().publish(subject, payload, headers)
+
+    clock = FakeClock()
+    with JetStreamEventSink.from_publisher(Crashing(), "a.b", clock=clock) as sink:
+        with pytest.raises(PublishError, match="RuntimeError"):
+            sink.emit(make_event(0))
+        clock.now += 1
+        sink.emit(make_event(1))
+        assert sink.debug_state() == Connected()
+
+
+def test_fast_failures_are_retried_within_one_emit(clock: FakeClock) -> None:
+    attempts: list[int] = []
+
+    class Flaky(InstantPublisher):
+        async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise PublishError("blip")
+            return await super().publish(subject, payload, headers)
+
+    with JetStreamEventSink.from_publisher(Flaky(), "a.b", clock=clock, retry_attempts=3) as sink:
+        sink.emit(make_event())
+        assert sink.debug_state() == Connected()
+    assert len(attempts) == 3
+
+
+def test_repr_shows_no_secret_and_from_publisher_rejects_bad_options() -> None:
+    from cellos_sink_jetstream import ConfigError
+
+    with pytest.raises(ConfigError, match="publish_timeout"):
+        JetStreamEventSink.from_publisher(InstantPublisher(), "a.b", publish_timeout=0)
+    with pytest.raises(InvalidSubjectError):
+        JetStreamEventSink.from_publisher(InstantPublisher(), "a.*")
+    with JetStreamEventSink.from_publisher(InstantPublisher(), "a.b") as sink:
+        assert "InstantPublisher" in repr(sink)
+
+
+def test_the_loop_thread_never_blocks_on_a_slow_caller(gated: Any) -> None:
+    # The publisher's loop keeps serving while the caller that emitted is not reading.
+    sink, publisher = gated
+    futures = [sink.emit_nowait(make_event(n)) for n in range(3)]
+    for _ in range(3):
+        publisher.next_call().ack()
+    done, _ = concurrent.futures.wait(futures, 5)
+    assert len(done) == 3
+    assert asyncio.iscoroutinefunction(publisher.publish)
