@@ -23,6 +23,8 @@ __all__ = [
     "env_flag",
     "redact_url",
     "resolve_servers",
+    "scrub",
+    "secrets_in",
 ]
 
 #: NATS server URL(s), comma-separated; credentials may be embedded (``user:pass@``, ``token@``).
@@ -116,3 +118,22 @@ def resolve_servers(
                 f"expected nats://host:port or tls://host:port"
             )
     return servers, origin
+
+
+def secrets_in(servers: Sequence[str]) -> tuple[str, ...]:
+    """Return the user names, passwords and tokens embedded in ``servers``."""
+    found: list[str] = []
+    for server in servers:
+        try:
+            parts = urlsplit(server)
+        except ValueError:
+            continue
+        found.extend(s for s in (parts.username, parts.password) if s)
+    return tuple(found)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """Replace every secret in ``text`` with ``***`` (defence in depth for foreign text)."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text

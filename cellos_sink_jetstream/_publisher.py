@@ -20,6 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from typing_extensions import Protocol, runtime_checkable
 
+from ._config import scrub, secrets_in
 from ._errors import (
     ConnectError,
     NoStreamError,
@@ -144,8 +145,14 @@ class NatsPublisher:
         nc = _TlsEnforcingClient(options.wants_tls)
         publisher = cls(nc, f"{nc.new_inbox()}.", expected_stream)
 
+        secrets = secrets_in(options.servers)
+        errors: list[Exception] = []
+
         async def on_error(exc: Exception) -> None:
-            logger.debug("NATS connection error at %s: %s", options.display_url, type(exc).__name__)
+            errors[:] = [exc]
+            logger.debug(
+                "NATS connection error at %s: %s", options.display_url, _describe(exc, secrets)
+            )
 
         async def on_disconnected() -> None:
             logger.info("disconnected from NATS at %s", options.display_url)
@@ -179,11 +186,16 @@ class NatsPublisher:
             await _close_quietly(nc)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                 raise
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+            cause = errors[-1] if errors else exc
+            reason = (
+                "timed out"
+                if isinstance(cause, asyncio.TimeoutError)
+                else _describe(cause, secrets)
+            )
             raise ConnectError(
                 f"could not connect to NATS at {options.display_url} within "
-                f"{options.connect_timeout:g}s ({reason}); check that the server is up, the "
-                f"URL, credentials and TLS settings"
+                f"{options.connect_timeout:g}s (last error: {reason}); check that the server is "
+                f"up, the URL, the credentials and the TLS settings"
             ) from None
         await nc.subscribe(f"{publisher._reply_prefix}*", cb=publisher._on_reply)
         return publisher
@@ -290,6 +302,11 @@ class NatsPublisher:
         """Close the connection; safe to call more than once."""
         self._abandon_in_flight()
         await _close_quietly(self._nc)
+
+
+def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
+    text = scrub(str(exc), secrets)[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def _close_quietly(nc: Client) -> None:

@@ -348,6 +348,9 @@ def test_emit_nowait_raises_backpressure_when_queue_and_in_flight_are_full() -> 
         with pytest.raises(BackpressureError):
             sink.emit_nowait(make_event(3), timeout=0.05)
         assert not first.done()
+        sink.close(timeout=0.5)
+    with pytest.raises(SinkClosedError):
+        first.result(0)
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -1,0 +1,294 @@
+"""The sink against a real nats-server with JetStream, started by the fixtures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from cellos_sink_jetstream import (
+    CircuitOpenError,
+    CloudEventV1,
+    ConnectError,
+    Connected,
+    JetStreamEventSink,
+    NoStreamError,
+    PayloadTooLargeError,
+    PublishError,
+    Reconnecting,
+    StreamMismatchError,
+)
+from cellos_sink_jetstream._server import NatsServer
+from tests._nats import TLSFiles, read_stream, stage_stream
+from tests.conftest import ServerFactory, StagedStream
+
+
+def event(n: int, prefix: str = "evt", **kwargs: Any) -> CloudEventV1:
+    return CloudEventV1(
+        id=f"{prefix}-{n}", source="/supervisor", type="cell.lifecycle", data={"n": n}, **kwargs
+    )
+
+
+def wait_until(condition: Any, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)
+
+
+def test_eight_threads_every_event_stored_once_in_thread_order(stream: StagedStream) -> None:
+    per_thread = 250
+    with JetStreamEventSink.connect(
+        stream.url, "cellos.events.{tenantId}", stream=stream.name
+    ) as sink:
+
+        def producer(thread: int) -> None:
+            for n in range(per_thread):
+                sink.emit(event(n, prefix=f"t{thread}", extensions={"tenantid": f"tenant{thread % 2}"}))
+
+        threads = [threading.Thread(target=producer, args=(k,)) for k in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sink.stats().published == 8 * per_thread
+
+    messages = read_stream(stream.url, stream.name)
+    assert len(messages) == 8 * per_thread
+    order: dict[str, list[int]] = defaultdict(list)
+    for msg in messages:
+        assert msg.headers is not None
+        body = json.loads(msg.data)
+        assert msg.headers["Nats-Msg-Id"] == body["id"]
+        assert msg.headers["Content-Type"] == "application/cloudevents+json"
+        thread_id, n = body["id"].split("-")
+        assert msg.subject == f"cellos.events.tenant{int(thread_id[1:]) % 2}"
+        order[thread_id].append(int(n))
+        assert CloudEventV1.from_json(msg.data).data == {"n": int(n)}
+    assert {k: v for k, v in order.items()} == {f"t{k}": list(range(per_thread)) for k in range(8)}
+
+
+def test_re_emit_is_deduplicated_by_event_id(stream: StagedStream) -> None:
+    with JetStreamEventSink.connect(stream.url, stream.subject("dedup")) as sink:
+        first = sink.publish(event(1))
+        again = sink.publish(event(1))
+    assert not first.duplicate
+    assert again.duplicate
+    assert again.seq == first.seq
+    assert len(read_stream(stream.url, stream.name)) == 1
+
+
+def test_server_stop_opens_the_circuit_and_restart_closes_it(stream: StagedStream) -> None:
+    server = stream.server
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("restart"), publish_timeout=2.0
+    ) as sink:
+        sink.emit(event(0))
+        server.stop()
+        with pytest.raises(PublishError):
+            sink.emit(event(1))
+        assert isinstance(sink.debug_state(), Reconnecting)
+        started = time.perf_counter()
+        with pytest.raises(CircuitOpenError):
+            sink.emit(event(2))
+        assert time.perf_counter() - started < 0.05
+        server.start()
+        # The probe runs when its backoff elapses; the client reconnects on its own.
+        landed: list[int] = []
+
+        def try_emit() -> bool:
+            try:
+                sink.emit(event(3))
+            except PublishError:
+                return False
+            landed.append(3)
+            return True
+
+        wait_until(try_emit, 15, "the circuit never closed after the restart")
+        assert sink.debug_state() == Connected()
+        assert sink.stats().breaker_openings == 1
+    ids = [json.loads(m.data)["id"] for m in read_stream(stream.url, stream.name)]
+    assert ids == ["evt-0", "evt-3"]
+
+
+def test_subject_without_stream_fails_with_no_stream_error_quickly(stream: StagedStream) -> None:
+    with JetStreamEventSink.connect(stream.url, "nobody.listens.here", publish_timeout=3) as sink:
+        started = time.monotonic()
+        with pytest.raises(NoStreamError, match="no JetStream stream captures"):
+            sink.emit(event(1))
+        assert time.monotonic() - started < 3
+
+
+def test_expected_stream_mismatch_is_an_error(stream: StagedStream) -> None:
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("x"), stream="SOMETHING_ELSE"
+    ) as sink:
+        with pytest.raises(StreamMismatchError):
+            sink.emit(event(1))
+    assert read_stream(stream.url, stream.name) == []
+
+
+def test_rogue_core_subscriber_is_not_taken_for_jetstream(nats_server: NatsServer) -> None:
+    import asyncio
+
+    import nats
+
+    ready = threading.Event()
+    stop = threading.Event()
+
+    async def rogue() -> None:
+        nc = await nats.connect(nats_server.url)
+
+        async def answer(msg: Any) -> None:
+            await msg.respond(b'{"stream":"FAKE","seq":1}')
+
+        await nc.subscribe("rogue.subject", cb=answer)
+        await nc.flush()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+        await nc.close()
+
+    rogue_thread = threading.Thread(target=lambda: asyncio.run(rogue()))
+    rogue_thread.start()
+    try:
+        assert ready.wait(10)
+        with JetStreamEventSink.connect(nats_server.url, "rogue.subject", stream="CELLOS") as sink:
+            with pytest.raises(StreamMismatchError, match="FAKE"):
+                sink.emit(event(1))
+    finally:
+        stop.set()
+        rogue_thread.join()
+
+
+def test_payload_over_max_payload_is_refused_before_sending(
+    nats_server_factory: ServerFactory,
+) -> None:
+    server = nats_server_factory(max_payload=2048)
+    stage_stream(server.url, "CELLOS", ["cellos.events.>"])
+    with JetStreamEventSink.connect(server.url, "cellos.events.big") as sink:
+        with pytest.raises(PayloadTooLargeError) as info:
+            sink.emit(CloudEventV1(id="big", source="/s", type="t", data="x" * 4096))
+        assert info.value.limit == 2048
+        assert sink.debug_state() == Connected()
+        sink.emit(event(1))  # the connection is intact
+    assert len(read_stream(server.url, "CELLOS")) == 1
+
+
+def test_unreachable_server_fails_connect_within_the_timeout() -> None:
+    port = _closed_port()
+    started = time.monotonic()
+    with pytest.raises(ConnectError, match="could not connect"):
+        JetStreamEventSink.connect(f"nats://127.0.0.1:{port}", "a.b", connect_timeout=1.0)
+    assert time.monotonic() - started < 1.0 + 1.5
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_credentials_work_and_never_show(
+    nats_server_factory: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = nats_server_factory(user="svc", password="s3cr3t-pass-word")
+    stage_stream(server.url, "CELLOS", ["cellos.events.>"])
+    with JetStreamEventSink.connect(server.url, "cellos.events.auth") as sink:
+        sink.emit(event(1))
+        shown = repr(sink) + str(sink)
+    assert "s3cr3t-pass-word" not in shown
+    assert "***@" in shown
+    bad_url = server.url.replace("s3cr3t-pass-word", "wrong-pass-word")
+    with pytest.raises(ConnectError) as info:
+        JetStreamEventSink.connect(bad_url, "cellos.events.auth", connect_timeout=1.5)
+    assert "wrong-pass-word" not in str(info.value)
+    assert "s3cr3t-pass-word" not in caplog.text
+    assert "wrong-pass-word" not in caplog.text
+
+
+def test_tls_with_private_root_ca(nats_server_factory: ServerFactory, tls_files: TLSFiles) -> None:
+    server = nats_server_factory(cert_file=tls_files.server_cert, key_file=tls_files.server_key)
+    stage_stream(server.url, "CELLOS", ["cellos.events.>"], tls=tls_files.client_context())
+    with JetStreamEventSink.connect_with_root_ca(
+        server.url, "cellos.events.tls", tls_files.ca_file
+    ) as sink:
+        assert sink.publish(event(1)).seq == 1
+
+
+def test_tls_with_the_wrong_ca_fails_clearly(
+    nats_server_factory: ServerFactory, tls_files: TLSFiles
+) -> None:
+    server = nats_server_factory(cert_file=tls_files.server_cert, key_file=tls_files.server_key)
+    with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        JetStreamEventSink.connect_with_root_ca(
+            server.url, "cellos.events.tls", tls_files.wrong_ca_file, connect_timeout=1.5
+        )
+
+
+def test_tls_certificate_for_another_host_fails(
+    nats_server_factory: ServerFactory, tls_files: TLSFiles
+) -> None:
+    server = nats_server_factory(
+        cert_file=tls_files.other_host_cert, key_file=tls_files.other_host_key
+    )
+    with pytest.raises(ConnectError):
+        JetStreamEventSink.connect_with_root_ca(
+            server.url, "cellos.events.tls", tls_files.ca_file, connect_timeout=1.5
+        )
+
+
+def test_tls_requested_against_a_plaintext_server_never_sends_credentials(
+    tls_files: TLSFiles,
+) -> None:
+    """An impostor without TLS must not receive the CONNECT line (which has the password)."""
+    received = bytearray()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def impostor() -> None:
+        info = (
+            b'INFO {"server_id":"x","version":"2.10.0","proto":1,"headers":true,'
+            b'"max_payload":1048576,"auth_required":true}\r\n'
+        )
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(0.5)
+                conn.sendall(info)
+                try:
+                    while chunk := conn.recv(4096):
+                        received.extend(chunk)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=impostor)
+    thread.start()
+    try:
+        for url, ca in [
+            (f"tls://svc:top-secret-pw@127.0.0.1:{port}", None),
+            (f"nats://svc:top-secret-pw@127.0.0.1:{port}", tls_files.ca_file),
+        ]:
+            with pytest.raises(ConnectError):
+                JetStreamEventSink.connect(url, "a.b", ca_file=str(ca) if ca else None,
+                                           connect_timeout=1.0, env={})
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert b"top-secret-pw" not in bytes(received)
+    assert b"CONNECT" not in bytes(received)
