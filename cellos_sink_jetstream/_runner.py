@@ -220,19 +220,34 @@ class LoopRunner:
         while True:
             try:
                 request = await queue.get()
+                while True:
+                    await self._dispatch(request, slots)
+                    # Drain what else is queued without going back through the async
+                    # condition: one wake-up serves a whole burst.
+                    request = queue.get_nowait()
+            except janus.AsyncQueueEmpty:
+                continue
             except janus.AsyncQueueShutDown:
                 return
-            if self._stopping:
-                _settle(request.future, error=SinkClosedError("the sink closed before sending"))
-                continue
-            await slots.acquire()
-            if not request.future.set_running_or_notify_cancel():
-                slots.release()  # the caller gave up while it waited in the queue
-                continue
-            task = asyncio.ensure_future(self._publish(request))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(lambda _: slots.release())
+
+    async def _dispatch(self, request: PublishRequest, slots: asyncio.Semaphore) -> None:
+        if self._stopping:
+            _settle(request.future, error=SinkClosedError("the sink closed before sending"))
+            return
+        await slots.acquire()
+        if not request.future.set_running_or_notify_cancel():
+            slots.release()  # the caller gave up while it waited in the queue
+            return
+        # Tasks start in creation order, so messages reach the connection in queue order.
+        task = self._loop_or_fail().create_task(self._publish(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: slots.release())
+
+    def _loop_or_fail(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        assert loop is not None
+        return loop
 
     def _cancel_in_flight(self) -> None:
         for task in self._tasks:
@@ -251,16 +266,27 @@ class LoopRunner:
                 ),
             )
             return
+        # One timer instead of asyncio.wait_for, which costs an extra task per publish.
+        expired = False
+        task = asyncio.current_task()
+        assert task is not None
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = self._loop_or_fail().call_later(timeout, expire)
         try:
-            ack = await asyncio.wait_for(
-                retry_async(
-                    self._retry_attempts,
-                    lambda: publisher.publish(request.subject, request.payload, request.headers),
-                    retry_if=_is_transient,
-                ),
-                timeout,
+            ack = await retry_async(
+                self._retry_attempts,
+                lambda: publisher.publish(request.subject, request.payload, request.headers),
+                retry_if=_is_transient,
             )
-        except asyncio.TimeoutError:
+        except asyncio.CancelledError:
+            if not expired:
+                _settle(request.future, error=SinkClosedError("the sink closed before the ack"))
+                return
             _settle(
                 request.future,
                 error=PublishTimeoutError(
@@ -268,8 +294,6 @@ class LoopRunner:
                     f"re-emit it (same id) to be sure"
                 ),
             )
-        except asyncio.CancelledError:
-            _settle(request.future, error=SinkClosedError("the sink closed before the ack"))
         except SinkError as exc:
             _settle(request.future, error=exc)
         except Exception as exc:
@@ -279,6 +303,8 @@ class LoopRunner:
             )
         else:
             _settle(request.future, result=ack)
+        finally:
+            timer.cancel()
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -396,7 +396,7 @@ class JetStreamEventSink:
         )
         limit = getattr(runner.publisher, "max_payload", None)
         if limit is not None:
-            size = len(payload) + self._header_bytes + len(event.id)
+            size = len(payload) + self._header_bytes + len(event.id.encode())
             if size > limit:
                 raise PayloadTooLargeError(size, limit)
         headers = self._base_headers.copy()

@@ -50,7 +50,9 @@ def test_eight_threads_every_event_stored_once_in_thread_order(stream: StagedStr
 
         def producer(thread: int) -> None:
             for n in range(per_thread):
-                sink.emit(event(n, prefix=f"t{thread}", extensions={"tenantid": f"tenant{thread % 2}"}))
+                sink.emit(
+                    event(n, prefix=f"t{thread}", extensions={"tenantid": f"tenant{thread % 2}"})
+                )
 
         threads = [threading.Thread(target=producer, args=(k,)) for k in range(8)]
         for thread in threads:
@@ -284,8 +286,9 @@ def test_tls_requested_against_a_plaintext_server_never_sends_credentials(
             (f"nats://svc:top-secret-pw@127.0.0.1:{port}", tls_files.ca_file),
         ]:
             with pytest.raises(ConnectError):
-                JetStreamEventSink.connect(url, "a.b", ca_file=str(ca) if ca else None,
-                                           connect_timeout=1.0, env={})
+                JetStreamEventSink.connect(
+                    url, "a.b", ca_file=str(ca) if ca else None, connect_timeout=1.0, env={}
+                )
     finally:
         stop.set()
         thread.join()

@@ -206,9 +206,7 @@ def test_results_started_before_the_circuit_opened_do_not_close_it(gated: Any) -
     assert sink.debug_state() == opened
 
 
-def test_64_threads_on_an_open_circuit_send_exactly_one_probe(
-    gated: Any, clock: FakeClock
-) -> None:
+def test_64_threads_on_an_open_circuit_send_exactly_one_probe(gated: Any, clock: FakeClock) -> None:
     sink, publisher = gated
     open_circuit(sink, publisher)
     clock.now += 0.1

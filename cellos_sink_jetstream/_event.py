@@ -1,0 +1,738 @@
+"""The CloudEvents 1.0 event model and its structured-mode JSON form.
+
+:class:`CloudEventV1` validates everything at construction, so an event that exists can
+always be written: :meth:`CloudEventV1.to_json` (called on every emit) does no checking of
+its own beyond what :mod:`json` does anyway.
+
+This module is pure: it knows nothing of NATS or asyncio.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Union
+
+from cellos_sink_jetstream._errors import InvalidEventError
+
+__all__ = [
+    "CONTENT_TYPE",
+    "CORE_ATTRIBUTES",
+    "EVENT_ATTRIBUTE",
+    "MAX_DATA_DEPTH",
+    "MAX_ID_LENGTH",
+    "SPECVERSION",
+    "CloudEventV1",
+    "ExtensionValue",
+    "format_rfc3339",
+    "parse_rfc3339",
+]
+
+#: The only CloudEvents version this module reads and writes.
+SPECVERSION = "1.0"
+
+#: Media type of the structured-mode JSON that :meth:`CloudEventV1.to_json` produces.
+CONTENT_TYPE = "application/cloudevents+json"
+
+#: Longest accepted ``id``. It travels in the ``Nats-Msg-Id`` header, which the server keeps
+#: in memory for the stream's whole duplicate window.
+MAX_ID_LENGTH = 1024
+
+#: Deepest nesting of lists/dicts accepted in ``data``; well below the interpreter's
+#: recursion limit so neither validation nor :mod:`json` can blow the stack.
+MAX_DATA_DEPTH = 200
+
+#: Attribute names of the CloudEvents 1.0 core (plus the two data members of the JSON
+#: format); an extension must not reuse any of them.
+CORE_ATTRIBUTES = frozenset(
+    {
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "datacontenttype",
+        "dataschema",
+        "data",
+        "data_base64",
+    }
+)
+
+#: Value of :attr:`InvalidEventError.attribute <cellos_sink_jetstream.InvalidEventError>`
+#: when the problem is the document as a whole (not JSON, not an object), not one attribute.
+#: The parentheses keep it from ever colliding with a real extension name.
+EVENT_ATTRIBUTE = "(event)"
+
+#: Type of an extension attribute value: CloudEvents String, Integer or Boolean.
+ExtensionValue = Union[str, int, bool]
+
+_EXTENSION_NAME_RE = re.compile(r"[a-z0-9]{1,20}")
+_INT32_MIN = -(2**31)
+_INT32_MAX = 2**31 - 1
+_NAIVE_TIME_PROBLEM = (
+    "is a naive datetime (no tzinfo); pass a timezone-aware one, e.g. datetime.now(timezone.utc)"
+)
+
+# CloudEvents "String" forbids C0/C1 controls, surrogates and noncharacters. The
+# noncharacters are U+FDD0..U+FDEF plus the last two code points of each of the 17 planes.
+_PLANE_END_NONCHARACTERS = "".join(
+    f"\\U{plane * 0x10000 + 0xFFFE:08x}\\U{plane * 0x10000 + 0xFFFF:08x}" for plane in range(17)
+)
+_DISALLOWED_CHAR_RE = re.compile(
+    "[\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff\\ufdd0-\\ufdef" + _PLANE_END_NONCHARACTERS + "]"
+)
+# A lone surrogate cannot be encoded as UTF-8, so one inside data would only fail later,
+# at serialisation time, far from the code that put it there.
+_SURROGATE_RE = re.compile("[\\ud800-\\udfff]")
+
+_RFC3339_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:[Zz]|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,  # without it \d also matches non-ASCII digits, which int() accepts
+)
+
+
+def _make_json_encoder() -> Callable[[Any], str]:
+    """Build the function that writes the structured JSON object as compact JSON text.
+
+    ``json.dumps`` with non-default options builds a new ``JSONEncoder`` per call, and
+    ``JSONEncoder.encode`` builds a new C encoder per call; together that costs about a
+    quarter of the time of writing a typical event. So the C encoder is built once here.
+    It runs without circular-reference bookkeeping: a shared bookkeeping dict would not
+    be thread-safe, and construction already rejects circular data (a later mutation
+    still fails cleanly, with RecursionError). Where the C encoder is missing or has an
+    unexpected signature, the documented ``JSONEncoder.encode`` is used.
+    """
+    encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_c_encoder is None:
+        return encoder.encode
+    try:
+        chunks_of = make_c_encoder(
+            None,  # markers: no circular-reference bookkeeping
+            encoder.default,
+            json.encoder.encode_basestring,  # the non-ASCII-escaping variant
+            None,  # indent
+            encoder.key_separator,
+            encoder.item_separator,
+            False,  # sort_keys
+            False,  # skipkeys
+            False,  # allow_nan
+        )
+    except TypeError:
+        return encoder.encode
+    join = "".join
+
+    def encode(obj: Any) -> str:
+        return join(chunks_of(obj, 0))
+
+    return encode
+
+
+_encode_json = _make_json_encoder()
+
+
+def _preview(value: str, limit: int = 40) -> str:
+    """Return an ASCII-only, truncated rendering of ``value`` that is safe to log."""
+    if len(value) <= limit:
+        return ascii(value)
+    return f"{value[:limit]!a}... ({len(value)} characters)"
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """Like :func:`_preview`, for values of any type."""
+    if isinstance(value, str):
+        return _preview(value)
+    text = ascii(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _describe_char(char: str) -> str:
+    code = ord(char)
+    if code <= 0x1F or 0x7F <= code <= 0x9F:
+        kind = "a control character"
+    elif 0xD800 <= code <= 0xDFFF:
+        kind = "a lone surrogate"
+    else:
+        kind = "a Unicode noncharacter"
+    return f"U+{code:04X} ({kind})"
+
+
+def _check_string_chars(attribute: str, value: str) -> None:
+    # isprintable() is exact for ASCII (it rejects 0x00-0x1F and 0x7F) and runs in C, so
+    # the common all-ASCII attribute never reaches the regex.
+    if value.isascii() and value.isprintable():
+        return
+    match = _DISALLOWED_CHAR_RE.search(value)
+    if match is not None:
+        raise InvalidEventError(
+            attribute,
+            f"contains {_describe_char(match.group())} at index {match.start()} of "
+            f"{_preview(value)}; CloudEvents strings must not contain control characters "
+            "(U+0000-U+001F, U+007F-U+009F, which includes CR, LF and tab), surrogates or "
+            "Unicode noncharacters: remove or escape it",
+        )
+
+
+def _check_string(attribute: str, value: object, *, required: bool) -> None:
+    if not isinstance(value, str):
+        raise InvalidEventError(attribute, f"must be a str, got {type(value).__name__}")
+    if not value:
+        hint = "give it a value" if required else "pass None to leave it out"
+        raise InvalidEventError(attribute, f"must not be empty; {hint}")
+    _check_string_chars(attribute, value)
+
+
+def _check_id(value: object) -> None:
+    _check_string("id", value, required=True)
+    assert isinstance(value, str)  # narrowed by _check_string
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidEventError(
+            "id",
+            f"is {len(value)} characters long, over the limit of {MAX_ID_LENGTH}; "
+            "use a short unique id such as a UUID",
+        )
+    # nats-py strips header values, so " x" and "x" would share one Nats-Msg-Id and
+    # JetStream would silently drop the second event as a duplicate.
+    if value != value.strip():
+        raise InvalidEventError(
+            "id",
+            f"{_preview(value)} has leading or trailing whitespace, which is stripped from "
+            "the Nats-Msg-Id header and would break deduplication; strip it first",
+        )
+
+
+def _check_extensions(extensions: object) -> dict[str, ExtensionValue]:
+    """Validate ``extensions`` and return a private copy of it."""
+    if not isinstance(extensions, Mapping):
+        raise InvalidEventError(
+            "extensions", f"must be a mapping of name to value, got {type(extensions).__name__}"
+        )
+    checked: dict[str, ExtensionValue] = {}
+    for name, value in extensions.items():
+        if not isinstance(name, str) or _EXTENSION_NAME_RE.fullmatch(name) is None:
+            shown = _preview(name) if isinstance(name, str) else repr(type(name).__name__)
+            raise InvalidEventError(
+                "extensions",
+                f"extension name {shown} is invalid: names must be 1 to 20 characters "
+                "from a-z and 0-9 (lower case, no '-' or '_')",
+            )
+        if name in CORE_ATTRIBUTES:
+            raise InvalidEventError(
+                "extensions",
+                f"extension name {name!r} is a core CloudEvents attribute; set it through "
+                "its own argument instead",
+            )
+        if isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            if not _INT32_MIN <= value <= _INT32_MAX:
+                raise InvalidEventError(
+                    name,
+                    f"integer {value} is outside the CloudEvents Integer range "
+                    f"[{_INT32_MIN}, {_INT32_MAX}]; send it as a str instead",
+                )
+        elif isinstance(value, str):
+            _check_string_chars(name, value)
+        else:
+            raise InvalidEventError(
+                name,
+                f"extension values must be str, int or bool, got {type(value).__name__}; "
+                "convert it (timestamps and URIs as str, binary as base64 str)",
+            )
+        checked[name] = value
+    return checked
+
+
+class _DataProblem(Exception):
+    """Internal: carries a problem found in ``data`` up the stack, collecting its path."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        # Filled while unwinding, innermost first.
+        self.path: list[str] = []
+        self.container_ids: list[int] = []
+
+
+_TOO_DEEP_PROBLEM = (
+    f"nesting is deeper than {MAX_DATA_DEPTH} levels of lists and dicts; flatten the data"
+)
+_SURROGATE_PROBLEM = "a lone surrogate, which UTF-8 cannot encode"
+
+_TYPE_HINTS = {
+    "set": "use a list",
+    "frozenset": "use a list",
+    "datetime": "use an RFC 3339 str",
+    "date": "use an ISO 8601 str",
+    "Decimal": "use a str or float",
+    "UUID": "use str(value)",
+}
+
+
+def _check_object_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise _DataProblem(
+            f"an object key of type {type(key).__name__} ({_show(key)}) is not allowed; "
+            "JSON object keys must be str"
+        )
+    if _SURROGATE_RE.search(key) is not None:
+        raise _DataProblem(f"the object key {_preview(key)} contains {_SURROGATE_PROBLEM}")
+
+
+def _check_json_value(value: Any, depth: int) -> None:
+    """Raise :class:`_DataProblem` unless ``value`` is a JSON value :mod:`json` can write."""
+    value_type = type(value)
+    # Exact-type checks first: they are what real payloads consist of, and are cheaper
+    # than isinstance() against a tuple of types.
+    if value_type is str:
+        if not value.isascii() and _SURROGATE_RE.search(value) is not None:
+            raise _DataProblem(f"the str {_preview(value)} contains {_SURROGATE_PROBLEM}")
+        return
+    if value_type is int or value_type is bool or value is None:
+        return
+    if value_type is dict or (value_type is not list and isinstance(value, dict)):
+        if depth >= MAX_DATA_DEPTH:
+            raise _DataProblem(_TOO_DEEP_PROBLEM)
+        key: object = None
+        try:
+            for key, item in value.items():
+                if type(key) is not str or not key.isascii():
+                    _check_object_key(key)
+                _check_json_value(item, depth + 1)
+        except _DataProblem as problem:
+            problem.path.append(f"[{_preview(key)}]" if isinstance(key, str) else "")
+            problem.container_ids.append(id(value))
+            raise
+        return
+    if value_type is list or value_type is tuple or isinstance(value, (list, tuple)):
+        if depth >= MAX_DATA_DEPTH:
+            raise _DataProblem(_TOO_DEEP_PROBLEM)
+        index = 0
+        try:
+            for index, item in enumerate(value):  # noqa: B007
+                _check_json_value(item, depth + 1)
+        except _DataProblem as problem:
+            problem.path.append(f"[{index}]")
+            problem.container_ids.append(id(value))
+            raise
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _DataProblem(
+                f"the float {value!r} cannot be written as JSON; use None or a str instead"
+            )
+        return
+    if isinstance(value, (str, int)):  # subclasses, e.g. enum.IntEnum members
+        if isinstance(value, str) and _SURROGATE_RE.search(value) is not None:
+            raise _DataProblem(f"the str {_preview(value)} contains {_SURROGATE_PROBLEM}")
+        return
+    if isinstance(value, (bytes, bytearray)):
+        raise _DataProblem(
+            "bytes are only allowed as the whole data (written as data_base64); "
+            "base64-encode nested binary into a str yourself"
+        )
+    type_name = value_type.__name__
+    hint = _TYPE_HINTS.get(type_name, "convert it to dict, list, str, int, float, bool or None")
+    raise _DataProblem(f"a value of type {type_name} is not a JSON value; {hint}")
+
+
+def _check_data(data: object) -> None:
+    try:
+        _check_json_value(data, 0)
+    except _DataProblem as problem:
+        steps = problem.path[::-1]
+        if len(steps) > 12:  # a path 200 levels deep says nothing a shorter one does not
+            steps = [*steps[:6], f"...({len(steps) - 8} levels)...", *steps[-2:]]
+        text = problem.problem
+        ids = problem.container_ids
+        if text is _TOO_DEEP_PROBLEM and len(set(ids)) < len(ids):
+            text = "a container contains itself (a circular reference); JSON cannot express that"
+        raise InvalidEventError("data", f"at data{''.join(steps)}: {text}") from None
+
+
+def format_rfc3339(moment: datetime) -> str:
+    """Write a timezone-aware datetime as RFC 3339 (``Z`` for UTC, else ``+HH:MM``).
+
+    An offset that is not a whole number of minutes (RFC 3339 cannot express it) is
+    converted to UTC first; the instant is unchanged.
+    """
+    return _normalise_time(moment)[1]
+
+
+def parse_rfc3339(text: object) -> datetime:
+    """Read an RFC 3339 timestamp into a timezone-aware datetime.
+
+    Accepts ``T``/``t`` between date and time, ``Z``/``z`` or ``+HH:MM``/``-HH:MM`` offsets,
+    and fractional seconds of any length (truncated to microseconds). Anything else, leap
+    seconds included (``datetime`` cannot hold second 60), raises
+    :class:`~cellos_sink_jetstream.InvalidEventError` for ``time``.
+    """
+    if not isinstance(text, str):
+        raise InvalidEventError("time", f"must be an RFC 3339 str, got {type(text).__name__}")
+    match = _RFC3339_RE.fullmatch(text)
+    if match is None:
+        raise InvalidEventError(
+            "time",
+            f"{_preview(text)} is not an RFC 3339 timestamp; expected e.g. "
+            "'2024-05-01T12:30:00Z' or '2024-05-01T14:30:00.123+02:00'",
+        )
+    year, month, day, hour, minute, second, fraction, sign, off_hours, off_minutes = match.groups()
+    if second == "60":
+        raise InvalidEventError(
+            "time", f"{_preview(text)} is a leap second, which Python datetimes cannot hold"
+        )
+    tz = timezone.utc
+    if sign is not None:
+        if int(off_hours) > 23 or int(off_minutes) > 59:
+            raise InvalidEventError(
+                "time", f"{_preview(text)} has an offset outside -23:59..+23:59"
+            )
+        offset = timedelta(hours=int(off_hours), minutes=int(off_minutes))
+        if offset:
+            tz = timezone(-offset if sign == "-" else offset)
+    microsecond = int(fraction[:6].ljust(6, "0")) if fraction else 0
+    try:
+        return datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second),
+            microsecond, tzinfo=tz,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise InvalidEventError(
+            "time", f"{_preview(text)} is not a valid date/time: {exc}"
+        ) from None
+
+
+def _normalise_time(moment: object) -> tuple[datetime, str]:
+    """Return ``moment`` with a fixed-offset tzinfo, and its RFC 3339 text.
+
+    Pinning the tzinfo to the fixed offset it has at this instant matters for equality:
+    aware datetimes in zoneinfo zones compare unequal to every other zone during a DST
+    fold, which would make an event unequal to its own round trip.
+    """
+    if not isinstance(moment, datetime):
+        raise InvalidEventError(
+            "time", f"must be a timezone-aware datetime, got {type(moment).__name__}"
+        )
+    # isoformat() ends in "+00:00" for UTC; RFC 3339 consumers expect the shorter "Z".
+    if moment.tzinfo is timezone.utc:  # datetime.now(timezone.utc): skip the rest
+        return moment, moment.isoformat()[:-6] + "Z"
+    offset = moment.utcoffset()
+    if offset is None:
+        raise InvalidEventError("time", _NAIVE_TIME_PROBLEM)
+    if offset.seconds % 60 or offset.microseconds:  # RFC 3339 offsets are whole minutes
+        try:
+            moment = moment.astimezone(timezone.utc)
+        except OverflowError:
+            raise InvalidEventError(
+                "time",
+                f"{moment!r} has an offset that is not whole minutes and is too close to "
+                "the ends of the datetime range to be converted to UTC",
+            ) from None
+    elif not offset:
+        moment = moment.replace(tzinfo=timezone.utc)
+    elif type(moment.tzinfo) is not timezone:
+        moment = moment.replace(tzinfo=timezone(offset))
+    else:
+        return moment, moment.isoformat()
+    return _normalise_time(moment)
+
+
+class _ReadOnlyExtensions(Mapping[str, ExtensionValue]):
+    """An immutable, hashable, picklable mapping of extension name to value.
+
+    Unlike ``types.MappingProxyType`` it survives ``copy.deepcopy`` and ``pickle`` (and so
+    ``dataclasses.asdict`` and multiprocessing).
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: dict[str, ExtensionValue]) -> None:
+        self._items = items
+
+    def __getitem__(self, name: str) -> ExtensionValue:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _ReadOnlyExtensions):
+            return self._items == other._items
+        if isinstance(other, Mapping):
+            return self._items == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+    def __reduce__(self) -> tuple[type[_ReadOnlyExtensions], tuple[dict[str, ExtensionValue]]]:
+        return (type(self), (self._items,))
+
+
+_NO_EXTENSIONS = _ReadOnlyExtensions({})
+
+
+@dataclass(frozen=True)
+class CloudEventV1:
+    """A validated, immutable CloudEvents 1.0 event.
+
+    Every attribute is checked in the constructor, which raises
+    :class:`~cellos_sink_jetstream.InvalidEventError` naming the offending attribute, so an
+    existing event can always be serialised with :meth:`to_json`.
+
+    ``data`` is any JSON value (``dict`` with ``str`` keys, ``list``/``tuple``, ``str``,
+    ``int``, finite ``float``, ``bool``; ``None`` means "no data"), or ``bytes`` for a binary
+    payload, written as ``data_base64``. ``data`` is *not* copied: the event keeps a
+    reference, so do not mutate it after construction (a later change that makes it
+    unserialisable surfaces as ``InvalidEventError`` from :meth:`to_json`). ``bytearray`` is
+    copied to ``bytes``. Tuples are written as JSON arrays and read back as lists, so an
+    event whose data holds tuples is not equal to its own round trip.
+
+    ``time`` must be timezone-aware; it is stored with a fixed-offset ``datetime.timezone``
+    (UTC when the offset is not whole minutes), the same instant the caller passed.
+
+    ``extensions`` is stored as a read-only copy. Names are 1-20 characters of ``a-z0-9``;
+    values are ``str``, ``bool`` or ``int`` in the 32-bit signed range.
+
+    Events are hashable by ``(source, id)`` (the CloudEvents identity), even when ``data``
+    is a dict.
+    """
+
+    id: str
+    source: str
+    type: str
+    specversion: str = SPECVERSION
+    subject: str | None = None
+    time: datetime | None = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    data: Any = None
+    extensions: Mapping[str, ExtensionValue] = _NO_EXTENSIONS
+    # The structured JSON object, built once here so to_json() is a single encode call.
+    _structured: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Validate every attribute and precompute the structured JSON object."""
+        if self.specversion != SPECVERSION:
+            raise InvalidEventError(
+                "specversion",
+                f"{_show(self.specversion)} is not supported; only CloudEvents {SPECVERSION!r} is",
+            )
+        _check_id(self.id)
+        _check_string("source", self.source, required=True)
+        _check_string("type", self.type, required=True)
+        structured: dict[str, Any] = {
+            "specversion": SPECVERSION,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+        }
+        if self.subject is not None:
+            _check_string("subject", self.subject, required=False)
+            structured["subject"] = self.subject
+        if self.time is not None:
+            moment, structured["time"] = _normalise_time(self.time)
+            if moment is not self.time:
+                object.__setattr__(self, "time", moment)
+        if self.datacontenttype is not None:
+            _check_string("datacontenttype", self.datacontenttype, required=False)
+            structured["datacontenttype"] = self.datacontenttype
+        if self.dataschema is not None:
+            _check_string("dataschema", self.dataschema, required=False)
+            structured["dataschema"] = self.dataschema
+
+        extensions = self.extensions
+        # An extensions object taken from another event (dataclasses.replace) is already
+        # valid and immutable.
+        if type(extensions) is not _ReadOnlyExtensions:
+            checked = _check_extensions(extensions)
+            extensions = _ReadOnlyExtensions(checked) if checked else _NO_EXTENSIONS
+            object.__setattr__(self, "extensions", extensions)
+        if extensions:
+            structured.update(extensions)
+
+        data = self.data
+        if data is not None:
+            if isinstance(data, (bytes, bytearray)):
+                if type(data) is not bytes:
+                    data = bytes(data)
+                    object.__setattr__(self, "data", data)
+                structured["data_base64"] = base64.b64encode(data).decode("ascii")
+            else:
+                _check_data(data)
+                structured["data"] = data
+        object.__setattr__(self, "_structured", structured)
+
+    def __hash__(self) -> int:
+        return hash((self.source, self.id))
+
+    @classmethod
+    def create(
+        cls,
+        type: str,
+        source: str,
+        data: Any = None,
+        *,
+        id: str | None = None,
+        time: datetime | None = None,
+        subject: str | None = None,
+        datacontenttype: str | None = None,
+        dataschema: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+    ) -> CloudEventV1:
+        """Build an event, filling ``id`` with a random UUID and ``time`` with now (UTC)."""
+        return cls(
+            id=str(uuid.uuid4()) if id is None else id,
+            source=source,
+            type=type,
+            subject=subject,
+            time=datetime.now(timezone.utc) if time is None else time,
+            datacontenttype=datacontenttype,
+            dataschema=dataschema,
+            data=data,
+            extensions=_NO_EXTENSIONS if extensions is None else extensions,
+        )
+
+    def to_json(self) -> bytes:
+        """Serialise as structured-mode CloudEvents JSON (``application/cloudevents+json``).
+
+        UTF-8, compact, non-ASCII characters kept as is. Members are ordered specversion,
+        id, source, type, optional attributes, extensions, then ``data`` or ``data_base64``.
+        """
+        try:
+            return _encode_json(self._structured).encode("utf-8")
+        except (ValueError, TypeError, RecursionError) as exc:
+            # Only reachable if the caller mutated data after construction.
+            raise InvalidEventError(
+                "data",
+                f"could not be written as JSON ({exc}); was it modified after the event was "
+                "created? Build a new event instead of mutating data",
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the structured JSON object as a new dict.
+
+        ``time`` is an RFC 3339 str and bytes data is a base64 str under ``data_base64``.
+        The dict is new, but ``data`` inside it is the event's own object, not a copy.
+        """
+        return dict(self._structured)
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any]) -> CloudEventV1:
+        """Read an event from its structured JSON object (as :meth:`to_dict` returns it).
+
+        ``time`` must be an RFC 3339 str and ``data_base64`` a base64 str. Unknown members
+        become extensions and are validated as such. A member whose value is ``None``
+        (JSON null) counts as absent, as the CloudEvents JSON format requires.
+        """
+        if not isinstance(mapping, Mapping):
+            raise InvalidEventError(
+                EVENT_ATTRIBUTE,
+                f"a structured CloudEvent must be a JSON object, got {type(mapping).__name__}",
+            )
+        for required in ("specversion", "id", "source", "type"):
+            if mapping.get(required) is None:
+                raise InvalidEventError(
+                    required, "is missing; every CloudEvent needs specversion, id, source and type"
+                )
+        data = mapping.get("data")
+        data_base64 = mapping.get("data_base64")
+        if data is not None and data_base64 is not None:
+            raise InvalidEventError(
+                "data_base64", "and data are both present; an event carries at most one of them"
+            )
+        if data_base64 is not None:
+            data = _decode_base64(data_base64)
+        time = mapping.get("time")
+        extensions = {
+            name: value
+            for name, value in mapping.items()
+            if name not in CORE_ATTRIBUTES and value is not None
+        }
+        return cls(
+            id=mapping["id"],
+            source=mapping["source"],
+            type=mapping["type"],
+            specversion=mapping["specversion"],
+            subject=mapping.get("subject"),
+            time=None if time is None else parse_rfc3339(time),
+            datacontenttype=mapping.get("datacontenttype"),
+            dataschema=mapping.get("dataschema"),
+            data=data,
+            extensions=extensions,
+        )
+
+    @classmethod
+    def from_json(cls, text: bytes | bytearray | memoryview | str) -> CloudEventV1:
+        """Read an event from structured-mode CloudEvents JSON (the inverse of :meth:`to_json`).
+
+        ``CloudEventV1.from_json(event.to_json()) == event`` for every event whose data
+        uses lists rather than tuples. Invalid JSON, duplicate member names, ``NaN`` or
+        ``Infinity`` literals and non-object documents raise
+        :class:`~cellos_sink_jetstream.InvalidEventError`.
+        """
+        if isinstance(text, memoryview):
+            text = text.tobytes()
+        try:
+            parsed = json.loads(
+                text,
+                object_pairs_hook=_reject_duplicate_members,
+                parse_constant=_reject_non_finite,
+            )
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise InvalidEventError(
+                EVENT_ATTRIBUTE, f"is not valid JSON: {_preview(str(exc), 200)}"
+            ) from None
+        if not isinstance(parsed, dict):
+            raise InvalidEventError(
+                EVENT_ATTRIBUTE,
+                f"a structured CloudEvent must be a JSON object, got {type(parsed).__name__}",
+            )
+        return cls.from_dict(parsed)
+
+
+def _decode_base64(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidEventError("data_base64", f"must be a base64 str, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidEventError(
+            "data_base64",
+            f"{_preview(value)} is not valid base64 (RFC 4648, with padding, no whitespace)",
+        ) from None
+
+
+def _reject_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which duplicate wins; refusing them means no consumer can see a
+    # different id or type than we did.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"duplicate member name {_preview(name)}")
+            seen.add(name)
+    return obj
+
+
+def _reject_non_finite(literal: str) -> Any:
+    raise ValueError(f"{literal} is not valid JSON")

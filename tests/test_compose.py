@@ -1,0 +1,159 @@
+"""build_primary_event_sink and the environment variables, against real servers."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+
+from cellos_sink_jetstream import (
+    ConfigError,
+    ConnectError,
+    JetStreamEventSink,
+    NoopEventSink,
+    build_primary_event_sink,
+    redact_url,
+)
+from cellos_sink_jetstream._config import env_flag, resolve_servers
+from tests._nats import TLSFiles, stage_stream
+from tests.conftest import ServerFactory, StagedStream
+
+
+def unreachable_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"nats://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", " on ", "True"])
+def test_truthy_values(value: str) -> None:
+    assert env_flag({"X": value}, "X") is True
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "false", "No", "OFF"])
+def test_falsy_values(value: str | None) -> None:
+    env = {} if value is None else {"X": value}
+    assert env_flag(env, "X") is False
+
+
+def test_other_values_are_config_errors_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="CELL_OS_REQUIRE_JETSTREAM"):
+        build_primary_event_sink("a.b", env={"CELL_OS_REQUIRE_JETSTREAM": "maybe"})
+    with pytest.raises(ConfigError, match="CELL_OS_USE_NOOP_SINK"):
+        build_primary_event_sink("a.b", env={"CELL_OS_USE_NOOP_SINK": "2"})
+
+
+def test_use_noop_skips_connecting_even_when_jetstream_is_required() -> None:
+    started = time.monotonic()
+    sink = build_primary_event_sink(
+        "a.b",
+        env={
+            "CELL_OS_USE_NOOP_SINK": "1",
+            "CELL_OS_REQUIRE_JETSTREAM": "1",
+            "NATS_URL": unreachable_url(),
+        },
+    )
+    assert isinstance(sink, NoopEventSink)
+    assert time.monotonic() - started < 0.5
+
+
+def test_reachable_nats_url_gives_the_jetstream_sink(stream: StagedStream) -> None:
+    sink = build_primary_event_sink(stream.subject("compose"), env={"NATS_URL": stream.url})
+    try:
+        assert isinstance(sink, JetStreamEventSink)
+    finally:
+        sink.close()
+
+
+def test_unreachable_degrades_to_noop_with_a_warning_in_bounded_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cellos_sink_jetstream")
+    started = time.monotonic()
+    sink = build_primary_event_sink("a.b", env={"NATS_URL": unreachable_url()}, connect_timeout=1.0)
+    assert isinstance(sink, NoopEventSink)
+    assert time.monotonic() - started < 1.0 + 1.5
+    assert "no-op sink" in caplog.text
+
+
+def test_unreachable_with_require_raises_connect_error_in_bounded_time() -> None:
+    started = time.monotonic()
+    with pytest.raises(ConnectError, match="CELL_OS_REQUIRE_JETSTREAM"):
+        build_primary_event_sink(
+            "a.b",
+            env={"NATS_URL": unreachable_url(), "CELL_OS_REQUIRE_JETSTREAM": "yes"},
+            connect_timeout=1.0,
+        )
+    assert time.monotonic() - started < 1.0 + 1.5
+
+
+def test_default_connect_timeout_is_five_seconds() -> None:
+    started = time.monotonic()
+    sink = build_primary_event_sink("a.b", env={"NATS_URL": unreachable_url()})
+    elapsed = time.monotonic() - started
+    assert isinstance(sink, NoopEventSink)
+    assert 4.0 < elapsed < 5.0 + 1.5
+
+
+def test_nats_ca_file_turns_on_tls(nats_server_factory: ServerFactory, tls_files: TLSFiles) -> None:
+    server = nats_server_factory(cert_file=tls_files.server_cert, key_file=tls_files.server_key)
+    stage_stream(server.url, "CELLOS", ["cellos.events.>"], tls=tls_files.client_context())
+    env = {
+        "NATS_URL": server.url,
+        "NATS_CA_FILE": str(tls_files.ca_file),
+        "CELL_OS_REQUIRE_JETSTREAM": "1",
+    }
+    sink = build_primary_event_sink("cellos.events.ca", env=env)
+    try:
+        assert isinstance(sink, JetStreamEventSink)
+        sink.emit({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"})
+    finally:
+        sink.close()
+    with pytest.raises(ConnectError):
+        build_primary_event_sink(
+            "cellos.events.ca",
+            env={**env, "NATS_CA_FILE": str(tls_files.wrong_ca_file)},
+            connect_timeout=1.0,
+        )
+
+
+def test_unreadable_ca_file_is_a_config_error_naming_the_variable(tmp_path: object) -> None:
+    with pytest.raises(ConfigError, match="NATS_CA_FILE"):
+        build_primary_event_sink(
+            "a.b", env={"NATS_URL": unreachable_url(), "NATS_CA_FILE": "/nonexistent/ca.pem"}
+        )
+
+
+def test_explicit_url_wins_over_nats_url(stream: StagedStream) -> None:
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("x"), env={"NATS_URL": unreachable_url()}
+    ) as sink:
+        sink.emit({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"})
+
+
+def test_server_url_resolution_and_validation() -> None:
+    assert resolve_servers(None, {})[0] == ["nats://127.0.0.1:4222"]
+    assert resolve_servers(None, {"NATS_URL": "nats://a:1, nats://b:2"})[0] == [
+        "nats://a:1",
+        "nats://b:2",
+    ]
+    with pytest.raises(ConfigError, match="NATS_URL") as info:
+        resolve_servers(None, {"NATS_URL": "http://user:hunter2@host:1"})
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError):
+        resolve_servers("nats://host:notaport", {})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://user:pass@host:4222", "nats://***@host:4222"),
+        ("tls://tok3n@host", "tls://***@host"),
+        ("nats://a:1,nats://u:p@b:2", "nats://a:1,nats://***@b:2"),
+        ("nats://[::1]:4222", "nats://[::1]:4222"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
