@@ -31,6 +31,7 @@ __all__ = [
     "SPECVERSION",
     "CloudEventV1",
     "ExtensionValue",
+    "coerce_event",
     "format_rfc3339",
     "parse_rfc3339",
 ]
@@ -736,3 +737,35 @@ def _reject_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _reject_non_finite(literal: str) -> Any:
     raise ValueError(f"{literal} is not valid JSON")
+
+
+def coerce_event(event: object) -> CloudEventV1:
+    """Return ``event`` as a :class:`CloudEventV1`.
+
+    Accepts a :class:`CloudEventV1`, a mapping in structured CloudEvents JSON form, or an
+    event of the official ``cloudevents`` SDK (anything with ``get_attributes()`` and
+    ``get_data()``: 1.x ``cloudevents.http.CloudEvent``, 2.x ``cloudevents.v1`` and
+    ``cloudevents.core`` events). Anything else raises :class:`InvalidEventError`.
+    """
+    if isinstance(event, CloudEventV1):
+        return event
+    if isinstance(event, Mapping):
+        return CloudEventV1.from_dict(event)
+    get_attributes = getattr(event, "get_attributes", None)
+    get_data = getattr(event, "get_data", None)
+    if callable(get_attributes) and callable(get_data):
+        attributes = dict(get_attributes())
+        time = attributes.get("time")
+        if isinstance(time, datetime):
+            attributes["time"] = format_rfc3339(time)
+        data = get_data()
+        if isinstance(data, (bytes, bytearray)):
+            attributes["data_base64"] = base64.b64encode(bytes(data)).decode("ascii")
+        elif data is not None:
+            attributes["data"] = data
+        return CloudEventV1.from_dict(attributes)
+    raise InvalidEventError(
+        EVENT_ATTRIBUTE,
+        f"expected a CloudEventV1, a mapping in CloudEvents JSON form or a cloudevents SDK "
+        f"event, got {type(event).__name__}",
+    )

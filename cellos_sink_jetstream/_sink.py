@@ -26,14 +26,13 @@ from ._config import ENV_CA_FILE, redact_url, resolve_servers
 from ._errors import (
     CircuitOpenError,
     ConfigError,
-    InvalidEventError,
     PayloadTooLargeError,
     PublishError,
     PublishTimeoutError,
     ReentrantEmitError,
     SinkClosedError,
 )
-from ._event import CloudEventV1
+from ._event import CloudEventV1, coerce_event
 from ._publisher import (
     HEADER_CONTENT_TYPE,
     HEADER_EXPECTED_STREAM,
@@ -52,8 +51,9 @@ logger = logging.getLogger("cellos_sink_jetstream")
 
 CONTENT_TYPE_CLOUDEVENTS_JSON = "application/cloudevents+json"
 
-#: What ``emit`` accepts: a :class:`CloudEventV1`, or a mapping in CloudEvents JSON form.
-EventLike = Union[CloudEventV1, Mapping[str, Any]]
+#: What ``emit`` accepts: a :class:`CloudEventV1`, a mapping in CloudEvents JSON form, or an
+#: event of the ``cloudevents`` SDK (typed loosely so that SDK stays optional).
+EventLike = Union[CloudEventV1, Mapping[str, Any], Any]
 
 TransitionCallback = Callable[[BreakerState, BreakerState], None]
 
@@ -387,7 +387,7 @@ class JetStreamEventSink:
 
     def _prepare(self, event: EventLike, runner: LoopRunner) -> tuple[str, bytes, dict[str, str]]:
         if not isinstance(event, CloudEventV1):
-            event = _coerce_event(event)
+            event = coerce_event(event)
         payload = event.to_json()
         subject = (
             self._settings.subject
@@ -566,16 +566,6 @@ class JetStreamEventSink:
             f"JetStreamEventSink(url={self._display_url!r}, subject={self._settings.subject!r}, "
             f"state={state})"
         )
-
-
-def _coerce_event(event: object) -> CloudEventV1:
-    if isinstance(event, Mapping):
-        return CloudEventV1.from_dict(event)
-    raise InvalidEventError(
-        "event",
-        f"expected a CloudEventV1 or a mapping in CloudEvents JSON form, got "
-        f"{type(event).__name__}",
-    )
 
 
 def _root_ca_context(ca_path: str, origin: str) -> ssl.SSLContext:

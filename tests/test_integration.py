@@ -295,3 +295,28 @@ def test_tls_requested_against_a_plaintext_server_never_sends_credentials(
         listener.close()
     assert b"top-secret-pw" not in bytes(received)
     assert b"CONNECT" not in bytes(received)
+
+
+def test_cloudevents_sdk_interop_both_ways(stream: StagedStream) -> None:
+    try:  # cloudevents >= 2 moved the classic API under cloudevents.v1
+        from cloudevents.v1.http import CloudEvent as SdkEvent
+        from cloudevents.v1.http import from_json as sdk_from_json
+    except ImportError:  # cloudevents 1.x (Python 3.9)
+        from cloudevents.http import CloudEvent as SdkEvent  # type: ignore[no-redef]
+        from cloudevents.http import from_json as sdk_from_json  # type: ignore[no-redef]
+
+    sdk_event = SdkEvent(
+        {"type": "cell.exited", "source": "/sdk", "id": "sdk-1", "tenantid": "acme"},
+        {"exitCode": 0},
+    )
+    with JetStreamEventSink.connect(stream.url, "cellos.events.{tenantId}") as sink:
+        sink.emit(sdk_event)
+        sink.emit(event(1, extensions={"tenantid": "acme"}))
+    stored = read_stream(stream.url, stream.name)
+    assert [m.subject for m in stored] == ["cellos.events.acme"] * 2
+    parsed = [sdk_from_json(m.data) for m in stored]
+    assert parsed[0]["id"] == "sdk-1"
+    assert parsed[0].data == {"exitCode": 0}
+    assert parsed[1]["id"] == "evt-1"
+    assert parsed[1]["tenantid"] == "acme"
+    assert parsed[1].data == {"n": 1}

@@ -1,0 +1,64 @@
+"""The public API as a user writes it; checked by ``mypy --strict`` (tox -e type), not run."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from datetime import datetime, timezone
+
+import cellos_sink_jetstream as cs
+from cellos_sink_jetstream import (
+    CircuitOpenError,
+    CloudEventV1,
+    Connected,
+    EventSink,
+    JetStreamEventSink,
+    NoopEventSink,
+    PubAck,
+    PublishTimeoutError,
+    Reconnecting,
+    SinkStats,
+    build_primary_event_sink,
+    resolve_tenant_subject,
+    with_retry,
+)
+
+
+def supervisor() -> None:
+    event = CloudEventV1(
+        id="evt-1",
+        source="/supervisor",
+        type="cell.started",
+        time=datetime.now(timezone.utc),
+        data={"runId": "r-1", "correlation": {"tenantId": "acme"}},
+        extensions={"attempt": 1},
+    )
+    subject: str = resolve_tenant_subject("cellos.events.{tenantId}", event)
+    primary: EventSink = build_primary_event_sink(subject)
+    primary.emit(event)
+    primary.close()
+
+    with JetStreamEventSink.connect(None, "cellos.events.{tenantId}", stream="CELLOS") as sink:
+        sink.emit(event)
+        ack: PubAck = sink.publish(event)
+        seq: int = ack.seq
+        future: concurrent.futures.Future[PubAck] = sink.emit_nowait(event)
+        done: bool = sink.flush(5.0)
+        stats: SinkStats = sink.stats()
+        state = sink.debug_state()
+        if isinstance(state, Reconnecting):
+            next_after: float = state.next_after
+        elif isinstance(state, Connected):
+            pass
+        try:
+            sink.emit(event)
+        except CircuitOpenError as exc:
+            wait: float = exc.retry_after
+        except PublishTimeoutError:
+            sink.emit(event)  # same id: deduplicated by JetStream
+        del seq, future, done, stats
+
+    fallback: EventSink = NoopEventSink()
+    fallback.emit(event)
+    result: int = with_retry(3, lambda: 42)
+    version: str = cs.__version__
+    del result, version
