@@ -47,6 +47,7 @@ HEADER_CONTENT_TYPE = "Content-Type"
 # JetStream's error code for "expected stream does not match".
 _ERR_STREAM_MISMATCH = 10060
 _STATUS_NO_RESPONDERS = "503"
+_CLOSE_TIMEOUT_SECONDS = 2.0
 
 logger = logging.getLogger("cellos_sink_jetstream")
 
@@ -311,6 +312,7 @@ def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
 
 async def _close_quietly(nc: Client) -> None:
     try:
-        await nc.close()
+        # Bounded: nats-py's close() can hang after a failed TLS handshake.
+        await asyncio.wait_for(nc.close(), _CLOSE_TIMEOUT_SECONDS)
     except Exception as exc:  # closing must not mask the reason we are closing for
         logger.debug("ignored error while closing the NATS connection: %s", type(exc).__name__)
