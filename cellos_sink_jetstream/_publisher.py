@@ -137,6 +137,7 @@ class NatsPublisher:
         self._expected_stream = expected_stream
         self._pending: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count()
+        self._closing = False
 
     @classmethod
     async def connect(
@@ -156,7 +157,8 @@ class NatsPublisher:
             )
 
         async def on_disconnected() -> None:
-            logger.info("disconnected from NATS at %s", options.display_url)
+            if not publisher._closing:
+                logger.info("disconnected from NATS at %s", options.display_url)
             publisher._abandon_in_flight()
 
         async def on_reconnected() -> None:
@@ -301,6 +303,7 @@ class NatsPublisher:
 
     async def close(self) -> None:
         """Close the connection; safe to call more than once."""
+        self._closing = True
         self._abandon_in_flight()
         await _close_quietly(self._nc)
 
