@@ -116,14 +116,19 @@ class CircuitOpenError(PublishError):
     """
 
     def __init__(self, attempt: int, retry_after: float) -> None:
-        super().__init__(
-            f"NATS JetStream is unreachable (reconnect attempt {attempt}); the event was not "
-            f"sent, retry in {retry_after:.3f}s or spill it to a fallback sink"
-        )
+        # The message is formatted only when shown: this error is raised on the fast-fail
+        # path, where most callers only look at its type.
+        super().__init__(attempt, retry_after)
         #: How many probes have failed since the circuit opened.
         self.attempt = attempt
         #: Seconds until the next probe is allowed (0.0 when a probe is due or running).
         self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return (
+            f"NATS JetStream is unreachable (reconnect attempt {self.attempt}); the event was "
+            f"not sent, retry in {self.retry_after:.3f}s or spill it to a fallback sink"
+        )
 
 
 class PublishTimeoutError(PublishError, TimeoutError):

@@ -48,6 +48,14 @@ HEADER_CONTENT_TYPE = "Content-Type"
 _ERR_STREAM_MISMATCH = 10060
 _STATUS_NO_RESPONDERS = "503"
 _CLOSE_TIMEOUT_SECONDS = 2.0
+# nats-py's errors for "not written: no usable connection right now".
+_CONNECTION_DOWN = (
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionDrainingError,
+)
 
 logger = logging.getLogger("cellos_sink_jetstream")
 
@@ -135,7 +143,8 @@ class NatsPublisher:
         self._nc = nc
         self._reply_prefix = reply_prefix
         self._expected_stream = expected_stream
-        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        # Reply token -> (ack future, subject): the subject only for error messages.
+        self._pending: dict[str, tuple[asyncio.Future[PubAck], str]] = {}
         self._tokens = itertools.count()
         self._closing = False
 
@@ -214,35 +223,51 @@ class NatsPublisher:
         return bool(self._nc.is_connected)
 
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._pending.pop(msg.subject[len(self._reply_prefix) :], None)
-        if future is not None and not future.done():
-            future.set_result(msg)
+        pending = self._pending.pop(msg.subject[len(self._reply_prefix) :], None)
+        if pending is None:
+            return  # a late reply to a publish that already timed out
+        future, subject = pending
+        if future.done():
+            return
+        try:
+            future.set_result(self._parse_ack(subject, msg))
+        except PublishError as exc:
+            future.set_exception(exc)
+
+    async def begin_publish(
+        self, subject: str, payload: bytes, headers: Mapping[str, str]
+    ) -> asyncio.Future[PubAck]:
+        """Write the message and return a future of its ack, without waiting for it.
+
+        Raises a :class:`PublishError` at once when the connection is down. Cancelling
+        the returned future forgets the ack (used for timeouts).
+        """
+        token = str(next(self._tokens))
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        # Registered before writing: the ack may arrive before this coroutine resumes.
+        self._pending[token] = (future, subject)
+        try:
+            await self._nc.publish(
+                subject,
+                payload,
+                reply=self._reply_prefix + token,
+                headers=headers,  # type: ignore[arg-type]  # nats-py only iterates it
+            )
+        except BaseException as exc:
+            self._pending.pop(token, None)
+            if isinstance(exc, nats.errors.MaxPayloadError):
+                raise PayloadTooLargeError(len(payload), self.max_payload) from None
+            if isinstance(exc, _CONNECTION_DOWN):
+                raise PublishError(
+                    f"NATS connection is down ({type(exc).__name__}); the event was not sent"
+                ) from None
+            raise
+        future.add_done_callback(lambda _: self._pending.pop(token, None))
+        return future
 
     async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
         """Publish and wait for the ack; raise a :class:`PublishError` subclass otherwise."""
-        token = str(next(self._tokens))
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._pending[token] = future
-        try:
-            await self._nc.publish(
-                subject, payload, reply=self._reply_prefix + token, headers=dict(headers)
-            )
-            reply = await future
-        except nats.errors.MaxPayloadError:
-            raise PayloadTooLargeError(len(payload), self.max_payload) from None
-        except (
-            nats.errors.OutboundBufferLimitError,
-            nats.errors.ConnectionClosedError,
-            nats.errors.ConnectionReconnectingError,
-            nats.errors.StaleConnectionError,
-            nats.errors.ConnectionDrainingError,
-        ) as exc:
-            raise PublishError(
-                f"NATS connection is down ({type(exc).__name__}); the event was not sent"
-            ) from None
-        finally:
-            self._pending.pop(token, None)
-        return self._parse_ack(subject, reply)
+        return await (await self.begin_publish(subject, payload, headers))
 
     def _parse_ack(self, subject: str, reply: Msg) -> PubAck:
         if reply.headers and reply.headers.get("Status") == _STATUS_NO_RESPONDERS:
@@ -291,7 +316,7 @@ class NatsPublisher:
     def _abandon_in_flight(self) -> None:
         # The connection dropped: these acks will never arrive, but the server may have
         # stored the messages before it went away, so the outcome is unknown, not failed.
-        for future in self._pending.values():
+        for future, _subject in list(self._pending.values()):
             if not future.done():
                 future.set_exception(
                     PublishTimeoutError(

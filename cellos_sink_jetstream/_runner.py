@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Mapping
-from typing import Callable, Optional
+from collections.abc import Awaitable, Coroutine, Mapping
+from typing import Any, Callable, Optional
 
 import janus
 
@@ -29,7 +30,7 @@ from ._errors import (
     StreamMismatchError,
 )
 from ._publisher import PubAck, Publisher
-from ._retry import retry_async
+from ._retry import DEFAULT_RETRY_BASE_DELAY, retry_async
 
 __all__ = ["LoopRunner", "PublishRequest"]
 
@@ -41,7 +42,7 @@ PublisherFactory = Callable[[], Awaitable[Publisher]]
 class PublishRequest:
     """One message to publish, and where its outcome goes."""
 
-    __slots__ = ("deadline", "future", "headers", "payload", "subject")
+    __slots__ = ("deadline", "expired", "future", "headers", "payload", "subject")
 
     def __init__(
         self,
@@ -57,6 +58,8 @@ class PublishRequest:
         #: ``time.monotonic()`` after which the outcome no longer matters to the caller.
         self.deadline = deadline
         self.future = future
+        #: Set by the runner when the deadline passed before the ack arrived.
+        self.expired = False
 
 
 def _settle(
@@ -105,6 +108,13 @@ class LoopRunner:
         self._queue: Optional[janus.Queue[PublishRequest]] = None
         self._publisher: Optional[Publisher] = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._acks: set[asyncio.Future[PubAck]] = set()
+        self._wakeup: Optional[asyncio.Event] = None
+        self._consumer_idle = False
+        self._slots: asyncio.Semaphore
+        self._begin_publish: Optional[
+            Callable[[str, bytes, Mapping[str, str]], Awaitable[asyncio.Future[PubAck]]]
+        ] = None
         self._stopping = False
 
     # -- caller side -------------------------------------------------------------------
@@ -140,6 +150,8 @@ class LoopRunner:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
         try:
             queue.sync_q.put(request, timeout=timeout)
+            if self._consumer_idle:
+                self._wake_consumer()
         except janus.SyncQueueFull:
             raise BackpressureError(
                 f"the sink's queue stayed full ({self._max_queue} events) for {timeout:g}s; "
@@ -147,6 +159,15 @@ class LoopRunner:
             ) from None
         except janus.SyncQueueShutDown:
             raise SinkClosedError("the sink is closed; create a new sink to emit events") from None
+
+    def _wake_consumer(self) -> None:
+        # Called after the put: if the consumer announced idleness before our item landed,
+        # it re-checks the queue and finds it; if after, it sees this wake-up.
+        self._consumer_idle = False
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing to wake
+                loop.call_soon_threadsafe(wakeup.set)
 
     def queue_depth(self) -> int:
         """Requests waiting in the queue (not yet handed to NATS)."""
@@ -168,6 +189,7 @@ class LoopRunner:
             # The loop may close between the check and the call: then nothing is in flight.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._cancel_in_flight)
+            self._wake_consumer()
         if self._thread.ident is not None and self._thread is not threading.current_thread():
             self._thread.join(max(0.0, deadline - time.monotonic()))
         return not self._thread.is_alive()
@@ -192,6 +214,7 @@ class LoopRunner:
 
     async def _main(self) -> None:
         # The janus queue binds to the loop that first uses it: create it here, on ours.
+        self._wakeup = wakeup = asyncio.Event()
         self._queue = janus.Queue(self._max_queue)
         try:
             self._publisher = await self._connect()
@@ -203,9 +226,10 @@ class LoopRunner:
             return
         self._ready.set()
         try:
-            await self._consume(self._queue.async_q, asyncio.Semaphore(self._max_in_flight))
+            await self._consume(self._queue.async_q, wakeup)
         finally:
             self._cancel_in_flight()
+            await asyncio.sleep(0)  # let the cancelled acks' callbacks settle their callers
             if self._tasks:
                 await asyncio.wait(set(self._tasks))
             close = getattr(self._publisher, "close", None)
@@ -215,34 +239,99 @@ class LoopRunner:
             await self._queue.wait_closed()
 
     async def _consume(
-        self, queue: janus.AsyncQueue[PublishRequest], slots: asyncio.Semaphore
+        self, queue: janus.AsyncQueue[PublishRequest], wakeup: asyncio.Event
     ) -> None:
+        self._slots = asyncio.Semaphore(self._max_in_flight)
+        self._begin_publish = getattr(self._publisher, "begin_publish", None)
+        # Items travel through the janus queue, but the consumer sleeps on a plain event
+        # rather than in janus's async get(), whose every wake-up costs a task and an
+        # asyncio lock round: that halves the loop's work per event at low concurrency.
         while True:
             try:
-                request = await queue.get()
-                while True:
-                    await self._dispatch(request, slots)
-                    # Drain what else is queued without going back through the async
-                    # condition: one wake-up serves a whole burst.
-                    request = queue.get_nowait()
+                request = queue.get_nowait()
             except janus.AsyncQueueEmpty:
-                continue
+                self._consumer_idle = True
+                try:
+                    request = queue.get_nowait()  # what landed before we said we were idle
+                except janus.AsyncQueueEmpty:
+                    await wakeup.wait()
+                    wakeup.clear()
+                    continue
+                except janus.AsyncQueueShutDown:
+                    return
+                self._consumer_idle = False
             except janus.AsyncQueueShutDown:
                 return
+            await self._dispatch(request)
 
-    async def _dispatch(self, request: PublishRequest, slots: asyncio.Semaphore) -> None:
+    async def _dispatch(self, request: PublishRequest) -> None:
         if self._stopping:
             _settle(request.future, error=SinkClosedError("the sink closed before sending"))
             return
-        await slots.acquire()
+        await self._slots.acquire()
         if not request.future.set_running_or_notify_cancel():
-            slots.release()  # the caller gave up while it waited in the queue
+            self._slots.release()  # the caller gave up while it waited in the queue
             return
-        # Tasks start in creation order, so messages reach the connection in queue order.
-        task = self._loop_or_fail().create_task(self._publish(request))
+        timeout = request.deadline - time.monotonic()
+        if timeout <= 0:
+            self._finish(request, error=_QUEUED_PAST_DEADLINE)
+            return
+        begin = self._begin_publish
+        if begin is None:
+            self._spawn(self._publish(request, self._retry_attempts, timeout))
+            return
+        # The pipelined path: write now, settle from the ack's callback. No task and no
+        # coroutine per event, and messages reach the connection in queue order.
+        try:
+            ack = await begin(request.subject, request.payload, request.headers)
+        except Exception as exc:
+            self._after_failure(request, exc, timeout)
+            return
+        self._acks.add(ack)
+        timer = self._loop_or_fail().call_later(timeout, self._expire, request, ack)
+        ack.add_done_callback(functools.partial(self._on_ack, request, timer, timeout))
+
+    def _expire(self, request: PublishRequest, ack: asyncio.Future[PubAck]) -> None:
+        request.expired = True
+        ack.cancel()
+
+    def _on_ack(
+        self,
+        request: PublishRequest,
+        timer: asyncio.TimerHandle,
+        timeout: float,
+        ack: asyncio.Future[PubAck],
+    ) -> None:
+        self._acks.discard(ack)
+        timer.cancel()
+        if ack.cancelled():
+            self._finish(request, error=_cancelled_error(request, timeout))
+            return
+        error = ack.exception()
+        if error is None:
+            self._finish(request, result=ack.result())
+        else:
+            self._after_failure(request, error, request.deadline - time.monotonic())
+
+    def _after_failure(self, request: PublishRequest, error: BaseException, timeout: float) -> None:
+        if self._retry_attempts > 1 and _is_transient(error) and not self._stopping:
+            self._spawn(self._publish(request, self._retry_attempts - 1, timeout, delay_first=True))
+        else:
+            self._finish(request, error=_as_sink_error(error))
+
+    def _finish(
+        self,
+        request: PublishRequest,
+        result: Optional[PubAck] = None,
+        error: Optional[BaseException] = None,
+    ) -> None:
+        self._slots.release()
+        _settle(request.future, result, error)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self._loop_or_fail().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: slots.release())
 
     def _loop_or_fail(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -252,59 +341,61 @@ class LoopRunner:
     def _cancel_in_flight(self) -> None:
         for task in self._tasks:
             task.cancel()
+        for ack in list(self._acks):
+            ack.cancel()
 
-    async def _publish(self, request: PublishRequest) -> None:
+    async def _publish(
+        self, request: PublishRequest, attempts: int, timeout: float, delay_first: bool = False
+    ) -> None:
+        """The general path: any :class:`Publisher`, with retries, in a task of its own."""
         publisher = self._publisher
         assert publisher is not None
-        timeout = request.deadline - time.monotonic()
-        if timeout <= 0:
-            _settle(
-                request.future,
-                error=BackpressureError(
-                    "the event waited in the sink's queue past its deadline and was not sent; "
-                    "NATS is slower than the producers"
-                ),
-            )
-            return
-        # One timer instead of asyncio.wait_for, which costs an extra task per publish.
-        expired = False
         task = asyncio.current_task()
         assert task is not None
 
         def expire() -> None:
-            nonlocal expired
-            expired = True
+            request.expired = True
             task.cancel()
 
-        timer = self._loop_or_fail().call_later(timeout, expire)
+        # One timer instead of asyncio.wait_for, which costs an extra task per publish.
+        timer = self._loop_or_fail().call_later(max(0.0, timeout), expire)
         try:
+            if delay_first:
+                await asyncio.sleep(DEFAULT_RETRY_BASE_DELAY)
             ack = await retry_async(
-                self._retry_attempts,
+                attempts,
                 lambda: publisher.publish(request.subject, request.payload, request.headers),
                 retry_if=_is_transient,
             )
         except asyncio.CancelledError:
-            if not expired:
-                _settle(request.future, error=SinkClosedError("the sink closed before the ack"))
-                return
-            _settle(
-                request.future,
-                error=PublishTimeoutError(
-                    f"no JetStream ack within {timeout:.3g}s; the event may still be stored, "
-                    f"re-emit it (same id) to be sure"
-                ),
-            )
-        except SinkError as exc:
-            _settle(request.future, error=exc)
+            self._finish(request, error=_cancelled_error(request, timeout))
         except Exception as exc:
-            _settle(
-                request.future,
-                error=PublishError(f"publishing failed unexpectedly: {type(exc).__name__}"),
-            )
+            self._finish(request, error=_as_sink_error(exc))
         else:
-            _settle(request.future, result=ack)
+            self._finish(request, result=ack)
         finally:
             timer.cancel()
+
+
+_QUEUED_PAST_DEADLINE = BackpressureError(
+    "the event waited in the sink's queue past its deadline and was not sent; "
+    "NATS is slower than the producers"
+)
+
+
+def _cancelled_error(request: PublishRequest, timeout: float) -> SinkError:
+    if not request.expired:
+        return SinkClosedError("the sink closed before the ack")
+    return PublishTimeoutError(
+        f"no JetStream ack within {timeout:.3g}s; the event may still be stored, "
+        f"re-emit it (same id) to be sure"
+    )
+
+
+def _as_sink_error(error: BaseException) -> BaseException:
+    if isinstance(error, SinkError):
+        return error
+    return PublishError(f"publishing failed unexpectedly: {type(error).__name__}")
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -354,20 +354,22 @@ class JetStreamEventSink:
     ) -> concurrent.futures.Future[PubAck]:
         if self._closed:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
-        runner = self._current_runner()
-        if threading.get_ident() == runner.thread_ident:
-            raise ReentrantEmitError(
-                "emit() was called from the sink's own background thread (a logging handler "
-                "or callback running there?); it would deadlock. Emit from another thread."
-            )
-        subject, payload, headers = self._prepare(event, runner)
-        permit = self._breaker.admit()
+        # The breaker first: while the circuit is open, failing fast costs a lock and a
+        # comparison, with no serialisation, no queue item and no future.
+        breaker = self._breaker
+        permit = breaker.admit()
         if permit is None:
-            state = self._breaker.state
+            state = breaker.state
             raise CircuitOpenError(
-                state.attempt if isinstance(state, Reconnecting) else 0,
-                self._breaker.retry_after(),
+                state.attempt if isinstance(state, Reconnecting) else 0, breaker.retry_after()
             )
+        try:
+            runner = self._current_runner()
+            _refuse_reentrant_emit(runner)
+            subject, payload, headers = self._prepare(event, runner)
+        except BaseException:
+            breaker.release(permit)
+            raise
         if permit.is_probe:
             self._probes += 1
         started = time.monotonic()
@@ -565,6 +567,14 @@ class JetStreamEventSink:
         return (
             f"JetStreamEventSink(url={self._display_url!r}, subject={self._settings.subject!r}, "
             f"state={state})"
+        )
+
+
+def _refuse_reentrant_emit(runner: LoopRunner) -> None:
+    if threading.get_ident() == runner.thread_ident:
+        raise ReentrantEmitError(
+            "emit() was called from the sink's own background thread (a logging handler or "
+            "callback running there?); it would deadlock. Emit from another thread."
         )
 
 
