@@ -111,6 +111,7 @@ class LoopRunner:
         self._acks: set[asyncio.Future[PubAck]] = set()
         self._wakeup: Optional[asyncio.Event] = None
         self._consumer_idle = False
+        self._writes_failing = False
         self._slots: asyncio.Semaphore
         self._begin_publish: Optional[
             Callable[[str, bytes, Mapping[str, str]], Awaitable[asyncio.Future[PubAck]]]
@@ -280,13 +281,21 @@ class LoopRunner:
         if begin is None:
             self._spawn(self._publish(request, self._retry_attempts, timeout))
             return
-        # The pipelined path: write now, settle from the ack's callback. No task and no
-        # coroutine per event, and messages reach the connection in queue order.
+        # The pipelined path: write now, settle from the ack's callback. No task per event,
+        # and messages reach the connection in queue order: a failed write is retried here,
+        # holding back the events behind it, unless the previous write failed for good too
+        # (then the connection is down and the breaker will stop the flow).
         try:
-            ack = await begin(request.subject, request.payload, request.headers)
+            ack = await retry_async(
+                1 if self._writes_failing else self._retry_attempts,
+                lambda: begin(request.subject, request.payload, request.headers),
+                retry_if=_is_transient,
+            )
         except Exception as exc:
-            self._after_failure(request, exc, timeout)
+            self._writes_failing = _is_transient(exc)
+            self._finish(request, error=_as_sink_error(exc))
             return
+        self._writes_failing = False
         self._acks.add(ack)
         timer = self._loop_or_fail().call_later(timeout, self._expire, request, ack)
         ack.add_done_callback(functools.partial(self._on_ack, request, timer, timeout))

@@ -320,3 +320,44 @@ def test_cloudevents_sdk_interop_both_ways(stream: StagedStream) -> None:
     assert parsed[1]["id"] == "evt-1"
     assert parsed[1]["tenantid"] == "acme"
     assert parsed[1].data == {"n": 1}
+
+
+def test_pipelined_futures_all_resolve_in_order_across_a_restart(stream: StagedStream) -> None:
+    count = 3000
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("pipelined"), publish_timeout=3.0, max_in_flight=64
+    ) as sink:
+        futures = []
+        for n in range(count):
+            if n == count // 2:
+                stream.server.kill()
+                stream.server.start()
+            try:
+                futures.append((n, sink.emit_nowait(event(n))))
+            except CircuitOpenError:
+                futures.append((n, None))
+        assert sink.flush(15)
+        outcomes: dict[int, Any] = {}
+        for n, future in futures:
+            assert future is None or future.done(), "every future resolves"
+            outcomes[n] = None if future is None or future.exception() else future.result()
+        acked = [n for n, ack in outcomes.items() if ack is not None]
+        assert acked, "events before the kill went through"
+        # Re-emit everything that did not get an ack once the circuit is closed again.
+        wait_until(lambda: _probe_ok(sink), 15, "the circuit never closed")
+        for n, ack in outcomes.items():
+            if ack is None:
+                sink.emit(event(n))
+    stored = [json.loads(m.data)["id"] for m in read_stream(stream.url, stream.name)]
+    assert sorted(stored) == sorted({*stored}), "no duplicates"
+    assert set(stored) >= {f"evt-{n}" for n in range(count)}
+    acked_seqs = [outcomes[n].seq for n in acked]
+    assert acked_seqs == sorted(acked_seqs), "the stream keeps the queue's order"
+
+
+def _probe_ok(sink: JetStreamEventSink) -> bool:
+    try:
+        sink.emit(event(0, prefix="probe"))
+    except PublishError:
+        return False
+    return True
