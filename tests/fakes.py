@@ -6,8 +6,9 @@ import asyncio
 import itertools
 import queue
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
+from typing import Callable, Optional
 
 from cellos_sink_jetstream import PubAck, PublishError
 

@@ -74,19 +74,17 @@ def test_fails_fast_until_next_after_then_admits_one_probe() -> None:
 def test_failed_probes_walk_the_schedule_and_success_resets() -> None:
     clock = FakeClock()
     breaker = open_breaker(clock)
-    expected_attempt = 0
-    for _ in range(13):
+    for failed_probes in range(13):
         state = breaker.state
         assert isinstance(state, Reconnecting)
-        assert state.attempt == expected_attempt
+        assert state.attempt == failed_probes
         clock.now = state.next_after
         probe = breaker.admit()
         assert probe is not None
         breaker.record_failure(probe)
-        expected_attempt += 1
         new = breaker.state
         assert isinstance(new, Reconnecting)
-        assert new.next_after - clock.now == pytest.approx(backoff_delay(expected_attempt))
+        assert new.next_after - clock.now == pytest.approx(backoff_delay(failed_probes + 1))
     assert breaker.state.next_after - clock.now == 180.0  # type: ignore[union-attr]
     clock.now = breaker.state.next_after  # type: ignore[union-attr]
     probe = breaker.admit()
@@ -104,7 +102,9 @@ def test_results_of_publishes_admitted_before_opening_are_stale() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(clock)
     early_a, early_b, early_c = breaker.admit(), breaker.admit(), breaker.admit()
-    assert early_a and early_b and early_c
+    assert early_a
+    assert early_b
+    assert early_c
     breaker.record_failure(early_a)
     opened = breaker.state
     breaker.record_success(early_b)

@@ -15,8 +15,8 @@ import pytest
 from cellos_sink_jetstream import (
     CircuitOpenError,
     CloudEventV1,
-    ConnectError,
     Connected,
+    ConnectError,
     JetStreamEventSink,
     NoStreamError,
     PayloadTooLargeError,
@@ -73,7 +73,7 @@ def test_eight_threads_every_event_stored_once_in_thread_order(stream: StagedStr
         assert msg.subject == f"cellos.events.tenant{int(thread_id[1:]) % 2}"
         order[thread_id].append(int(n))
         assert CloudEventV1.from_json(msg.data).data == {"n": int(n)}
-    assert {k: v for k, v in order.items()} == {f"t{k}": list(range(per_thread)) for k in range(8)}
+    assert dict(order.items()) == {f"t{k}": list(range(per_thread)) for k in range(8)}
 
 
 def test_re_emit_is_deduplicated_by_event_id(stream: StagedStream) -> None:

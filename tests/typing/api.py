@@ -45,14 +45,12 @@ def supervisor() -> None:
         done: bool = sink.flush(5.0)
         stats: SinkStats = sink.stats()
         state = sink.debug_state()
-        if isinstance(state, Reconnecting):
-            next_after: float = state.next_after
-        elif isinstance(state, Connected):
+        if isinstance(state, (Reconnecting, Connected)):
             pass
         try:
             sink.emit(event)
-        except CircuitOpenError as exc:
-            wait: float = exc.retry_after
+        except CircuitOpenError:
+            pass
         except PublishTimeoutError:
             sink.emit(event)  # same id: deduplicated by JetStream
         del seq, future, done, stats
