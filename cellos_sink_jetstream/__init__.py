@@ -10,6 +10,8 @@ Example::
 See the README for the breaker, the guarantees and the environment variables.
 """
 
+import logging as _logging
+
 from ._breaker import BreakerState, Connected, Reconnecting
 from ._compose import build_primary_event_sink
 from ._config import (
@@ -42,6 +44,10 @@ from ._retry import with_retry
 from ._sink import EventSink, JetStreamEventSink, NoopEventSink, SinkStats
 from ._subject import TENANT_ID_DEFAULT_TOKEN, TENANT_ID_PLACEHOLDER, resolve_tenant_subject
 from ._version import __version__
+
+# A library leaves handlers to the application; this keeps Python's last-resort handler
+# from printing our warnings when the application configured no logging at all.
+_logging.getLogger("cellos_sink_jetstream").addHandler(_logging.NullHandler())
 
 __all__ = [
     "DEFAULT_NATS_URL",
