@@ -209,6 +209,7 @@ class LoopRunner:
                 self._ready.set()
         finally:
             try:
+                _cancel_leftover_tasks(loop)
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
@@ -385,6 +386,19 @@ class LoopRunner:
         finally:
             timer.cancel()
 
+
+def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    # nats-py may leave a reconnect or flusher task behind when its close() was cut short
+    # (say, while reconnecting to a dead server); destroyed pending tasks print warnings.
+    tasks = asyncio.all_tasks(loop)
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.wait(tasks, timeout=_LEFTOVER_TASKS_TIMEOUT))
+
+
+_LEFTOVER_TASKS_TIMEOUT = 1.0
 
 _QUEUED_PAST_DEADLINE = BackpressureError(
     "the event waited in the sink's queue past its deadline and was not sent; "
