@@ -1,0 +1,200 @@
+"""``check``: can a server store the sink's events, and which stream settings weaken them."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from dataclasses import dataclass
+from typing import Optional
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import api
+
+from .._event import CloudEventV1
+from .._subject import TENANT_ID_DEFAULT_TOKEN, resolve_tenant_subject
+from ._exit_status import EXIT_OK, CliError
+from ._output import PROG, format_bytes, format_duration, out, plural
+from ._streams import (
+    AUDIT_FLOOR_SECONDS,
+    DEV_STREAM,
+    RECOMMENDED_REPLICAS,
+    RETRY_HORIZON_SECONDS,
+    capture_pattern,
+    describe_stream,
+    name_of,
+    stream_capturing,
+)
+from ._target import jetstream, server_version, target_from_args, with_nats
+
+
+def nats_stream_add_command(template: str, stream: str = DEV_STREAM) -> str:
+    """The ``nats stream add`` command an operator runs to pre-stage a stream for ``template``.
+
+    Settings: file storage, 3 replicas, limits retention discarding old events, the
+    2-minute duplicate window of the sink's retry horizon, and 90 days (the audit floor).
+    """
+    settings = {
+        "--storage": "file",
+        "--replicas": str(RECOMMENDED_REPLICAS),
+        "--retention": "limits",
+        "--discard": "old",
+        "--dupe-window": format_duration(RETRY_HORIZON_SECONDS),
+        "--max-age": format_duration(AUDIT_FLOOR_SECONDS),
+    }
+    words = ["nats", "stream", "add", stream, "--subjects", capture_pattern(template)]
+    for flag, value in settings.items():
+        words += [flag, value]
+    return shlex.join([*words, "--defaults"])
+
+
+def stream_warnings(config: api.StreamConfig) -> list[str]:
+    """Say where a stream's settings weaken what the sink promises (one sentence each)."""
+    warnings: list[str] = []
+    window = float(config.duplicate_window or 0)
+    if window < RETRY_HORIZON_SECONDS:
+        warnings.append(
+            f"duplicate window {format_duration(window)} is shorter than the sink's "
+            f"{format_duration(RETRY_HORIZON_SECONDS)} retry horizon: an event re-emitted "
+            f"later than that is stored twice (--dupe-window 2m)"
+        )
+    replicas = config.num_replicas or 1
+    if replicas < RECOMMENDED_REPLICAS:
+        warnings.append(
+            f"{replicas} replica{'s' if replicas != 1 else ''}: losing one server can lose "
+            f"stored events or stop publishing (--replicas {RECOMMENDED_REPLICAS})"
+        )
+    max_age = float(config.max_age or 0)
+    if 0 < max_age < AUDIT_FLOOR_SECONDS:
+        warnings.append(
+            f"max age {format_duration(max_age)} is under the 90-day audit floor (FC-74): "
+            f"events are deleted before they may be"
+        )
+    if config.storage == api.StorageType.MEMORY:
+        warnings.append(
+            "memory storage: a server restart loses every stored event (--storage file)"
+        )
+    if config.retention not in (None, api.RetentionPolicy.LIMITS):
+        warnings.append(
+            f"retention {name_of(config.retention, 'limits')!r} deletes events once "
+            f"consumers have them; an audit trail needs 'limits'"
+        )
+    warnings.extend(_limit_warnings(config))
+    if config.no_ack:
+        warnings.append("no_ack is set: JetStream does not acknowledge, so every emit times out")
+    if config.sealed:
+        warnings.append("the stream is sealed: it refuses every new event")
+    if config.mirror is not None:
+        warnings.append("the stream is a mirror: it does not accept published events")
+    return warnings
+
+
+def _limit_warnings(config: api.StreamConfig) -> list[str]:
+    warnings: list[str] = []
+    limits = ", ".join(
+        f"{name}={value}"
+        for name, value in (
+            ("max_msgs", config.max_msgs),
+            ("max_bytes", config.max_bytes),
+            ("max_msgs_per_subject", config.max_msgs_per_subject),
+        )
+        if value is not None and value > 0
+    )
+    if limits and (config.discard == api.DiscardPolicy.NEW or config.discard_new_per_subject):
+        warnings.append(
+            f"discard policy 'new' with {limits}: once full, JetStream refuses new events "
+            f"(emit raises PublishError)"
+        )
+    elif limits:
+        warnings.append(
+            f"{limits} with discard policy 'old': once reached, the oldest events are "
+            f"deleted silently"
+        )
+    if config.max_msg_size is not None and config.max_msg_size > 0:
+        warnings.append(f"max_msg_size={config.max_msg_size}: larger events are refused")
+    return warnings
+
+
+@dataclass(frozen=True)
+class CheckFindings:
+    """What ``check`` learnt from the server."""
+
+    server_version: str
+    max_payload: int
+    account: Optional[api.AccountInfo]
+    stream: Optional[api.StreamInfo]
+
+
+async def _gather_check_findings(client: Client, subject: str) -> CheckFindings:
+    js = jetstream(client)
+    version = server_version(client)
+    try:
+        account = await js.account_info()
+    except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+        return CheckFindings(version, client.max_payload, None, None)
+    except nats.js.errors.APIError as exc:
+        if exc.code == 503:
+            return CheckFindings(version, client.max_payload, None, None)
+        raise
+    name = await stream_capturing(js, subject)
+    stream = None if name is None else await js.stream_info(name)
+    return CheckFindings(version, client.max_payload, account, stream)
+
+
+def _check_subject(template: str, tenant: Optional[str]) -> str:
+    extensions = {} if tenant is None else {"tenantid": tenant}
+    probe = CloudEventV1(id="check", source=f"/{PROG}", type="check", extensions=extensions)
+    return resolve_tenant_subject(template, probe)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    target = target_from_args(args)
+    template: str = args.subject
+    tenant: Optional[str] = args.tenant
+    subject = _check_subject(template, tenant)
+    findings = with_nats(target, lambda client: _gather_check_findings(client, subject))
+    out(
+        f"server      {target.display_url} (nats-server {findings.server_version}, "
+        f"max_payload {format_bytes(findings.max_payload)})"
+    )
+    if findings.account is None:
+        out("jetstream   not enabled for this account")
+        raise CliError(
+            f"JetStream is not enabled on {target.display_url} for this account; the sink "
+            f"cannot store events there (enable it in the server configuration)"
+        )
+    account = findings.account
+    out(
+        f"jetstream   enabled ({plural(account.streams, 'stream')}, "
+        f"{plural(account.consumers, 'consumer')})"
+    )
+    shown_tenant = tenant if tenant is not None else f"{TENANT_ID_DEFAULT_TOKEN} (no tenant)"
+    via = f" (template {template}, tenant {shown_tenant})" if template != subject else ""
+    out(f"subject     {subject}{via}")
+    if findings.stream is None:
+        return _report_missing_stream(template, subject, args.stream)
+    return _report_stream(findings.stream, template, args.stream)
+
+
+def _report_missing_stream(template: str, subject: str, expected: Optional[str]) -> int:
+    out(f"stream      none captures {subject}")
+    out("The operator must pre-stage one, for example:")
+    out(f"  {nats_stream_add_command(template, expected or DEV_STREAM)}")
+    raise CliError(f"no JetStream stream captures {subject}; create one (see the command above)")
+
+
+def _report_stream(info: api.StreamInfo, template: str, expected: Optional[str]) -> int:
+    name = info.config.name or "?"
+    out(f"stream      {name} captures it: {describe_stream(info)}")
+    if expected is not None and expected != name:
+        raise CliError(
+            f"stream {name} captures the subject, not {expected}: a sink with "
+            f"stream={expected!r} would fail every publish with StreamMismatchError"
+        )
+    warnings = stream_warnings(info.config)
+    for warning in warnings:
+        out(f"warning     {warning}")
+    verdict = "OK" if not warnings else f"OK with {plural(len(warnings), 'warning')}"
+    out(f"result      {verdict}: the sink can publish {template} to stream {name}")
+    return EXIT_OK
