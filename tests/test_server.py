@@ -307,7 +307,13 @@ def test_cluster_r3_stream_survives_losing_its_leader(cluster3: NatsCluster) -> 
 
     cluster3.restart(leader)
     assert cluster3.server(leader).healthz() == {"status": "ok"}
-    assert [m.data for m in read_stream(cluster3.urls, "HA")] == [b"before", b"after"]
+    # A replica that just rejoined may still be catching up: poll until the stream
+    # reads back whole (or the deadline says it never did).
+    deadline = time.monotonic() + 20
+    stored: list[bytes] = []
+    while stored != [b"before", b"after"] and time.monotonic() < deadline:
+        stored = [m.data for m in read_stream(cluster3.urls, "HA")]
+    assert stored == [b"before", b"after"]
 
 
 def test_cluster_binds_routes_to_loopback(cluster3: NatsCluster) -> None:
