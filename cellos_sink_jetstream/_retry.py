@@ -58,12 +58,16 @@ async def retry_async(
     *,
     retry_if: Callable[[BaseException], bool],
     base_delay: float = DEFAULT_RETRY_BASE_DELAY,
+    first_delay: bool = False,
 ) -> T:
     """The coroutine counterpart of :func:`with_retry`, used inside the sink's loop.
 
-    Retries while ``retry_if(error)`` is true, with the same backoff.
+    Retries while ``retry_if(error)`` is true, with the same backoff. ``first_delay``
+    waits ``base_delay`` before the first attempt too: the caller already failed once.
     """
     _check_attempts(max_attempts)
+    if first_delay:
+        await asyncio.sleep(base_delay)
     for attempt in range(max_attempts - 1):
         try:
             return await f()

@@ -30,7 +30,7 @@ from ._errors import (
     StreamMismatchError,
 )
 from ._publisher import PubAck, Publisher
-from ._retry import DEFAULT_RETRY_BASE_DELAY, retry_async
+from ._retry import retry_async
 
 __all__ = ["LoopRunner", "PublishRequest"]
 
@@ -287,15 +287,23 @@ class LoopRunner:
         # holding back the events behind it, unless the previous write failed for good too
         # (then the connection is down and the breaker will stop the flow).
         try:
-            ack = await retry_async(
-                1 if self._writes_failing else self._retry_attempts,
-                lambda: begin(request.subject, request.payload, request.headers),
-                retry_if=_is_transient,
-            )
-        except Exception as exc:
-            self._writes_failing = _is_transient(exc)
-            self._finish(request, error=_as_sink_error(exc))
-            return
+            ack = await begin(request.subject, request.payload, request.headers)
+        except Exception as first_error:
+            try:
+                retries = 0 if self._writes_failing else self._retry_attempts - 1
+                if retries < 1 or not _is_transient(first_error):
+                    raise
+
+                ack = await retry_async(
+                    retries,
+                    lambda: begin(request.subject, request.payload, request.headers),
+                    retry_if=_is_transient,
+                    first_delay=True,
+                )
+            except Exception as exc:
+                self._writes_failing = _is_transient(exc)
+                self._finish(request, error=_as_sink_error(exc))
+                return
         self._writes_failing = False
         self._acks.add(ack)
         timer = self._loop_or_fail().call_later(timeout, self._expire, request, ack)
@@ -370,12 +378,11 @@ class LoopRunner:
         # One timer instead of asyncio.wait_for, which costs an extra task per publish.
         timer = self._loop_or_fail().call_later(max(0.0, timeout), expire)
         try:
-            if delay_first:
-                await asyncio.sleep(DEFAULT_RETRY_BASE_DELAY)
             ack = await retry_async(
                 attempts,
                 lambda: publisher.publish(request.subject, request.payload, request.headers),
                 retry_if=_is_transient,
+                first_delay=delay_first,
             )
         except asyncio.CancelledError:
             self._finish(request, error=_cancelled_error(request, timeout))

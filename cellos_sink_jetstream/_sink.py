@@ -202,7 +202,6 @@ class JetStreamEventSink:
         self._idle = threading.Condition(self._lock)
         self._closed = False
         self._runner: Optional[LoopRunner] = None
-        self._pid = os.getpid()
         self._in_flight = 0
         self._published = self._duplicates = self._failed = 0
         self._probes = self._openings = 0
@@ -505,20 +504,22 @@ class JetStreamEventSink:
 
     def _current_runner(self) -> LoopRunner:
         runner = self._runner
-        if runner is not None and self._pid == os.getpid():
+        if runner is not None:
             return runner
         with self._lock:
-            if self._runner is None or self._pid != os.getpid():
-                # A forked child: the parent's thread and connection do not exist here.
-                if self._runner is not None:
-                    _ABANDONED_RUNNERS.append(self._runner)
-                self._pid = os.getpid()
-                self._in_flight = 0
-                self._runner = None
+            # Only a forked child gets here: its runner was abandoned at the fork.
+            if self._runner is None:
                 self._runner = self._start_runner()
             return self._runner
 
     def _after_fork_in_child(self) -> None:
+        # The parent's thread and connection do not exist here; the child's first emit
+        # starts its own. Keep the parent's runner referenced so its finalizers never run
+        # against a loop and locks that belong to a thread this process does not have.
+        if self._runner is not None:
+            _ABANDONED_RUNNERS.append(self._runner)
+            self._runner = None
+        self._in_flight = 0
         # Locks held by other parent threads at fork time would stay locked forever here.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -536,9 +537,10 @@ class JetStreamEventSink:
             already_closed = self._closed
             self._closed = True
         runner = self._runner
-        if already_closed or runner is None or self._pid != os.getpid():
-            if runner is not None and self._pid == os.getpid():
-                runner.stop(max(0.0, deadline - time.monotonic()))
+        if runner is None:
+            return
+        if already_closed:
+            runner.stop(max(0.0, deadline - time.monotonic()))
             return
         # Keep part of the budget for stopping: cancelling and closing the connection.
         reserve = min(0.5, timeout / 2)
