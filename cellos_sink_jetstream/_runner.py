@@ -39,10 +39,15 @@ logger = logging.getLogger("cellos_sink_jetstream")
 PublisherFactory = Callable[[], Awaitable[Publisher]]
 
 
+#: Told the outcome of a request just before its caller can see it:
+#: ``(ack, None)``, ``(None, error)``, or ``(None, None)`` when the caller cancelled it.
+OutcomeHook = Callable[[Optional[PubAck], Optional[BaseException]], None]
+
+
 class PublishRequest:
     """One message to publish, and where its outcome goes."""
 
-    __slots__ = ("deadline", "expired", "future", "headers", "payload", "subject")
+    __slots__ = ("deadline", "expired", "future", "headers", "on_outcome", "payload", "subject")
 
     def __init__(
         self,
@@ -51,6 +56,8 @@ class PublishRequest:
         headers: Mapping[str, str],
         deadline: float,
         future: concurrent.futures.Future[PubAck],
+        *,
+        on_outcome: Optional[OutcomeHook] = None,
     ) -> None:
         self.subject = subject
         self.payload = payload
@@ -58,15 +65,21 @@ class PublishRequest:
         #: ``time.monotonic()`` after which the outcome no longer matters to the caller.
         self.deadline = deadline
         self.future = future
+        self.on_outcome = on_outcome
         #: Set by the runner when the deadline passed before the ack arrived.
         self.expired = False
 
 
 def _settle(
-    future: concurrent.futures.Future[PubAck],
+    request: PublishRequest,
     result: Optional[PubAck] = None,
     error: Optional[BaseException] = None,
 ) -> None:
+    # The hook runs first: a caller woken by the future must already see its effects
+    # (a probe's success has closed the circuit by the time its emit() returns).
+    if request.on_outcome is not None:
+        request.on_outcome(result, error)
+    future = request.future
     # A caller that gave up may have cancelled its future while it was still queued.
     if future.done():
         return
@@ -268,11 +281,12 @@ class LoopRunner:
 
     async def _dispatch(self, request: PublishRequest) -> None:
         if self._stopping:
-            _settle(request.future, error=SinkClosedError("the sink closed before sending"))
+            _settle(request, error=SinkClosedError("the sink closed before sending"))
             return
         await self._slots.acquire()
         if not request.future.set_running_or_notify_cancel():
             self._slots.release()  # the caller gave up while it waited in the queue
+            _settle(request)
             return
         timeout = request.deadline - time.monotonic()
         if timeout <= 0:
@@ -344,7 +358,7 @@ class LoopRunner:
         error: Optional[BaseException] = None,
     ) -> None:
         self._slots.release()
-        _settle(request.future, result, error)
+        _settle(request, result, error)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self._loop_or_fail().create_task(coroutine)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import functools
 import logging
 import os
 import ssl
@@ -377,13 +378,20 @@ class JetStreamEventSink:
             self._in_flight += 1
         try:
             runner.submit(
-                PublishRequest(subject, payload, headers, started + timeout, future), wait_for_room
+                PublishRequest(
+                    subject,
+                    payload,
+                    headers,
+                    started + timeout,
+                    future,
+                    on_outcome=functools.partial(self._on_outcome, permit),
+                ),
+                wait_for_room,
             )
         except BaseException:
             self._breaker.release(permit)
             self._finish_one()
             raise
-        future.add_done_callback(lambda done: self._on_done(done, permit))
         return future
 
     def _prepare(self, event: EventLike, runner: LoopRunner) -> tuple[str, bytes, dict[str, str]]:
@@ -404,13 +412,11 @@ class JetStreamEventSink:
         headers[HEADER_MSG_ID] = event.id
         return subject, payload, headers
 
-    def _on_done(self, future: concurrent.futures.Future[PubAck], permit: Permit) -> None:
-        error = None if future.cancelled() else future.exception()
-        if future.cancelled():
-            self._breaker.release(permit)
-            self._failed += 1
-        elif error is None:
-            ack = future.result()
+    def _on_outcome(
+        self, permit: Permit, ack: Optional[PubAck], error: Optional[BaseException]
+    ) -> None:
+        # Runs on the loop thread, before the caller's future is settled.
+        if ack is not None:
             self._published += 1
             if ack.duplicate:
                 self._duplicates += 1
@@ -418,7 +424,7 @@ class JetStreamEventSink:
         elif isinstance(error, PublishError):
             self._failed += 1
             self._breaker.record_failure(permit)
-        else:  # the caller's own error, or the sink closing: nothing learned about NATS
+        else:  # cancelled, the caller's own error, or closing: nothing learned about NATS
             self._failed += 1
             self._breaker.release(permit)
         self._finish_one()
