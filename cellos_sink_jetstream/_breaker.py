@@ -18,6 +18,7 @@ drive it.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -126,8 +127,7 @@ class CircuitBreaker:
         # Reused for every admission while connected, so the hot path allocates nothing.
         self._connected_permit = Permit(0)
         self._probe_running = False
-        #: How many admissions were refused (callers told to fail fast).
-        self.rejections = 0
+        self._rejection_counter = itertools.count()
 
     def now(self) -> float:
         """Return the breaker clock's current time."""
@@ -147,15 +147,28 @@ class CircuitBreaker:
         state = self._state
         if state is _CONNECTED:
             return self._connected_permit
+        # Refusing needs no lock: the state is immutable and a stale read can only refuse
+        # a caller who might have probed, and a later caller will.
+        now = self._clock() if self._clock is not None else time.monotonic()
+        if isinstance(state, Reconnecting) and (self._probe_running or now < state.next_after):
+            next(self._rejection_counter)
+            return None
         with self._lock:
             state = self._state
             if isinstance(state, Connected):
                 return self._connected_permit
             if self._probe_running or self.now() < state.next_after:
-                self.rejections += 1
+                next(self._rejection_counter)
                 return None
             self._probe_running = True
             return Permit(self._generation, is_probe=True)
+
+    @property
+    def rejections(self) -> int:
+        """How many admissions were refused (callers told to fail fast)."""
+        # itertools.count advances atomically without a lock; its repr, "count(N)", is the
+        # one way to read where it stands that no Python version deprecates.
+        return int(repr(self._rejection_counter)[len("count(") : -1])
 
     def retry_after(self) -> float:
         """Seconds until a probe may run (0.0 when connected or when one is due)."""

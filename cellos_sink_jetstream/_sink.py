@@ -308,7 +308,8 @@ class JetStreamEventSink:
             SinkClosedError: the sink is closed.
             ReentrantEmitError: called from the sink's own loop thread.
         """
-        self.publish(event)
+        timeout = self._settings.publish_timeout
+        self._wait_for_ack(self._submit(event, timeout, wait_for_room=timeout), timeout)
 
     def publish(self, event: EventLike, timeout: Optional[float] = None) -> PubAck:
         """Like :meth:`emit`, but return JetStream's :class:`PubAck`.
@@ -317,7 +318,10 @@ class JetStreamEventSink:
         including time spent waiting for room in the queue.
         """
         timeout = self._settings.publish_timeout if timeout is None else timeout
-        future = self._submit(event, timeout, wait_for_room=timeout)
+        return self._wait_for_ack(self._submit(event, timeout, wait_for_room=timeout), timeout)
+
+    @staticmethod
+    def _wait_for_ack(future: concurrent.futures.Future[PubAck], timeout: float) -> PubAck:
         try:
             return future.result(timeout + _CALLER_GRACE_SECONDS)
         except concurrent.futures.TimeoutError:
