@@ -396,6 +396,9 @@ class JetStreamEventSink:
             self._breaker.release(permit)
             self._finish_one()
             raise
+        # Counted out only once the future is settled, so flush() never returns while a
+        # future it waited for is still pending.
+        future.add_done_callback(self._finish_one)
         return future
 
     def _prepare(self, event: EventLike, runner: LoopRunner) -> tuple[str, bytes, dict[str, str]]:
@@ -431,9 +434,8 @@ class JetStreamEventSink:
         else:  # cancelled, the caller's own error, or closing: nothing learned about NATS
             self._failed += 1
             self._breaker.release(permit)
-        self._finish_one()
 
-    def _finish_one(self) -> None:
+    def _finish_one(self, _future: object = None) -> None:
         with self._lock:
             self._in_flight -= 1
             if self._in_flight == 0:
