@@ -217,6 +217,18 @@ class CircuitBreaker:
             with self._lock:
                 self._probe_running = False
 
+    def reset(self) -> None:
+        """Forget everything: ``Connected``, no probe running, a fresh lock.
+
+        For a forked child, which inherits the parent's state but none of the threads
+        that would record the parent's probe (or release a lock they held).
+        """
+        self._lock = threading.Lock()
+        self._generation += 1
+        self._connected_permit = Permit(self._generation)
+        self._probe_running = False
+        self._state = _CONNECTED
+
     def _notify(self, old: BreakerState, new: BreakerState) -> None:
         if self._on_transition is not None and old != new:
             self._on_transition(old, new)

@@ -327,7 +327,11 @@ class NatsPublisher:
         self._pending.clear()
 
     async def close(self) -> None:
-        """Close the connection; safe to call more than once."""
+        """Close the connection; safe to call more than once.
+
+        Bounded by 2 s; past that, or when the caller cancels it (a server that stopped
+        reading, say), the socket is aborted.
+        """
         self._closing = True
         self._abandon_in_flight()
         await _close_quietly(self._nc)
@@ -338,9 +342,26 @@ def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def _close_quietly(nc: Client) -> None:
+async def _close_quietly(nc: Client, timeout: float = _CLOSE_TIMEOUT_SECONDS) -> None:
     try:
-        # Bounded: nats-py's close() can hang after a failed TLS handshake.
-        await asyncio.wait_for(nc.close(), _CLOSE_TIMEOUT_SECONDS)
+        # Bounded: nats-py's close() hangs after a failed TLS handshake, and while it
+        # flushes into a server that stopped reading.
+        await asyncio.wait_for(nc.close(), timeout)
+    except asyncio.TimeoutError:
+        logger.debug("closing the NATS connection timed out after %gs; aborting it", timeout)
+        _abort_transport(nc)
+    except asyncio.CancelledError:
+        _abort_transport(nc)
+        raise
     except Exception as exc:  # closing must not mask the reason we are closing for
         logger.debug("ignored error while closing the NATS connection: %s", type(exc).__name__)
+        _abort_transport(nc)
+
+
+def _abort_transport(nc: Client) -> None:
+    # nats-py offers no abort; its transport wraps an asyncio StreamWriter whose
+    # transport can drop the socket at once, unsent data and all.
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is not None:
+        transport.abort()

@@ -125,6 +125,8 @@ class LoopRunner:
         self._wakeup: Optional[asyncio.Event] = None
         self._consumer_idle = False
         self._writes_failing = False
+        # Set by stop(): when the publisher must be closed by (on time.monotonic()).
+        self._stop_deadline = float("inf")
         self._slots: asyncio.Semaphore
         self._begin_publish: Optional[
             Callable[[str, bytes, Mapping[str, str]], Awaitable[asyncio.Future[PubAck]]]
@@ -194,6 +196,7 @@ class LoopRunner:
         What is still queued or in flight fails with :class:`SinkClosedError`.
         """
         deadline = time.monotonic() + timeout
+        self._stop_deadline = min(self._stop_deadline, deadline)
         self._stopping = True
         queue, loop = self._queue, self._loop
         if queue is not None:
@@ -246,12 +249,21 @@ class LoopRunner:
             self._cancel_in_flight()
             await asyncio.sleep(0)  # let the cancelled acks' callbacks settle their callers
             if self._tasks:
-                await asyncio.wait(set(self._tasks))
+                # Bounded: a publisher that ignores cancellation must not hold the thread.
+                await asyncio.wait(set(self._tasks), timeout=_LEFTOVER_TASKS_TIMEOUT)
             close = getattr(self._publisher, "close", None)
             if close is not None:
-                await close()
+                await self._close_publisher(close)
             self._queue.shutdown(immediate=True)
             await self._queue.wait_closed()
+
+    async def _close_publisher(self, close: Callable[..., Awaitable[None]]) -> None:
+        # Whatever is left of the stop() budget, keeping a moment to end the thread.
+        budget = max(0.05, self._stop_deadline - time.monotonic() - _THREAD_EXIT_MARGIN)
+        try:
+            await asyncio.wait_for(close(), budget)
+        except Exception as exc:  # closing must not hide why we are closing
+            logger.debug("closing the publisher failed: %s", type(exc).__name__)
 
     async def _consume(
         self, queue: janus.AsyncQueue[PublishRequest], wakeup: asyncio.Event
@@ -420,6 +432,9 @@ def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
 
 
 _LEFTOVER_TASKS_TIMEOUT = 1.0
+
+# Kept from the stop() budget for cancelling leftovers and ending the thread.
+_THREAD_EXIT_MARGIN = 0.1
 
 _QUEUED_PAST_DEADLINE = BackpressureError(
     "the event waited in the sink's queue past its deadline and was not sent; "

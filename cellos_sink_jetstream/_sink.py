@@ -535,7 +535,8 @@ class JetStreamEventSink:
         # Locks held by other parent threads at fork time would stay locked forever here.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._breaker._lock = threading.Lock()
+        # The child's connection is new: the parent's outage (and probe) is not its own.
+        self._breaker.reset()
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is in flight, close the connection, stop the thread.

@@ -185,3 +185,18 @@ def test_exactly_one_of_64_racing_threads_gets_the_probe() -> None:
     probes = [p for p in results if p is not None]
     assert len(results) == 64
     assert len(probes) == 1
+
+
+def test_reset_forgets_an_open_circuit_and_a_running_probe() -> None:
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.advance(1)
+    stale_probe = breaker.admit()
+    assert stale_probe is not None
+    breaker.reset()
+    assert breaker.state == Connected()
+    permit = breaker.admit()
+    assert permit is not None
+    assert not permit.is_probe
+    breaker.record_success(stale_probe)  # the parent's probe, recorded late: harmless
+    assert breaker.state == Connected()
