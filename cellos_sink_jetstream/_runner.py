@@ -78,7 +78,10 @@ def _settle(
     # The hook runs first: a caller woken by the future must already see its effects
     # (a probe's success has closed the circuit by the time its emit() returns).
     if request.on_outcome is not None:
-        request.on_outcome(result, error)
+        try:
+            request.on_outcome(result, error)
+        except Exception:  # the caller must get its outcome whatever the hook did
+            logger.exception("the outcome hook of a publish raised; ignored")
     future = request.future
     # A caller that gave up may have cancelled its future while it was still queued.
     if future.done():
