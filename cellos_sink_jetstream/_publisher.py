@@ -7,6 +7,7 @@ boundary, and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import json
 import logging
@@ -48,6 +49,10 @@ HEADER_CONTENT_TYPE = "Content-Type"
 _ERR_STREAM_MISMATCH = 10060
 _STATUS_NO_RESPONDERS = "503"
 _CLOSE_TIMEOUT_SECONDS = 2.0
+# nats-py 2.16 accepts skip_subject_validation; 2.14 and older reject the argument.
+_CAN_SKIP_SUBJECT_VALIDATION = (
+    "skip_subject_validation" in inspect.signature(Client.connect).parameters
+)
 # nats-py's errors for "not written: no usable connection right now".
 _CONNECTION_DOWN = (
     nats.errors.OutboundBufferLimitError,
@@ -187,6 +192,10 @@ class NatsPublisher:
             "disconnected_cb": on_disconnected,
             "reconnected_cb": on_reconnected,
         }
+        if _CAN_SKIP_SUBJECT_VALIDATION:
+            # Subjects are validated strictly when the template is built and per tenant
+            # id, and reply subjects are our own: nats-py's per-publish checks are spent.
+            kwargs["skip_subject_validation"] = True
         if options.tls is not None:
             kwargs["tls"] = options.tls
         if options.tls_hostname is not None:

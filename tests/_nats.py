@@ -28,7 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
-from cellos_sink_jetstream._server import NatsServer
+from cellos_sink_jetstream._server import NatsCluster, NatsServer
 
 __all__ = [
     "DUPLICATE_WINDOW",
@@ -380,3 +380,36 @@ class ServerFactory(Protocol):
 
     def __call__(self, *, start: bool = True, **options: Any) -> NatsServer:
         """Create (and by default start) a :class:`NatsServer` with these options."""
+
+
+def replica_messages(cluster: NatsCluster, stream: str) -> dict[Optional[str], int]:
+    """How many messages each running member's replica of ``stream`` holds (``/jsz``)."""
+    counts: dict[Optional[str], int] = {}
+    for server in cluster.running:
+        jsz = server.monitor("/jsz?streams=true")
+        for account in jsz.get("account_details") or []:
+            for detail in account.get("stream_detail") or []:
+                if detail["name"] == stream:
+                    counts[server.server_name] = detail["state"]["messages"]
+    return counts
+
+
+def wait_for_replicas_in_step(cluster: NatsCluster, stream: str, timeout: float = 30) -> None:
+    """Wait until every running member's replica holds what the stream leader reports.
+
+    A member that was just restarted reports healthy before its replica caught up, and a
+    read served from it would come back short (or time out).
+    """
+    urls = [s.url for s in cluster.running]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            total = stream_info(urls, stream).state.messages
+            counts = replica_messages(cluster, stream)
+        except (nats.errors.Error, OSError):  # a member still settling in
+            counts, total = {}, -1
+        if len(counts) == len(cluster.running) and set(counts.values()) == {total}:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"the replicas of {stream} never caught up with its leader")
+        time.sleep(0.1)  # polling the monitoring endpoint; nothing to wait on instead

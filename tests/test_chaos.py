@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
-import nats.errors
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -76,7 +75,15 @@ from cellos_sink_jetstream import (
 )
 from cellos_sink_jetstream._server import NatsCluster, NatsServer
 from tests import chaos_child
-from tests._nats import connect, read_stream, stage_stream, stream_info, stream_leader
+from tests._nats import (
+    connect,
+    read_stream,
+    replica_messages,
+    stage_stream,
+    stream_info,
+    stream_leader,
+    wait_for_replicas_in_step,
+)
 from tests.conftest import DUPLICATE_WINDOW, ServerFactory, StagedStream
 
 #: Publish timeout of the sinks under load: short, so that a dead server costs little.
@@ -613,37 +620,6 @@ def test_killing_the_stream_leader_of_an_r3_stream_loses_no_acknowledged_event(
         [s.server_name for s in cluster3], sum(stored.counts.values())
     )
     assert Stored.read(cluster3.urls, "CELLOS") == stored
-
-
-def replica_messages(cluster: NatsCluster, stream: str) -> dict[Optional[str], int]:
-    """How many messages each running member's replica of ``stream`` holds (``/jsz``)."""
-    counts: dict[Optional[str], int] = {}
-    for server in cluster.running:
-        jsz = server.monitor("/jsz?streams=true")
-        for account in jsz.get("account_details") or []:
-            for detail in account.get("stream_detail") or []:
-                if detail["name"] == stream:
-                    counts[server.server_name] = detail["state"]["messages"]
-    return counts
-
-
-def wait_for_replicas_in_step(cluster: NatsCluster, stream: str, timeout: float = 30) -> None:
-    """Wait until every running member's replica holds what the stream leader reports.
-
-    A member that was just restarted reports healthy before its replica caught up, and a
-    read served from it would come back short.
-    """
-    urls = [s.url for s in cluster.running]
-
-    def in_step() -> bool:
-        try:
-            total = stream_info(urls, stream).state.messages
-            counts = replica_messages(cluster, stream)
-        except (nats.errors.Error, OSError):  # a member still settling in
-            return False
-        return len(counts) == len(cluster.running) and set(counts.values()) == {total}
-
-    wait_until(in_step, timeout, f"the replicas of {stream} never caught up with its leader")
 
 
 # -- 4. lifecycle: close() against a hung server, and exiting without close() ----------

@@ -43,6 +43,7 @@ from tests._nats import (
     stage_stream,
     stream_info,
     stream_leader,
+    wait_for_replicas_in_step,
 )
 
 
@@ -307,13 +308,8 @@ def test_cluster_r3_stream_survives_losing_its_leader(cluster3: NatsCluster) -> 
 
     cluster3.restart(leader)
     assert cluster3.server(leader).healthz() == {"status": "ok"}
-    # A replica that just rejoined may still be catching up: poll until the stream
-    # reads back whole (or the deadline says it never did).
-    deadline = time.monotonic() + 20
-    stored: list[bytes] = []
-    while stored != [b"before", b"after"] and time.monotonic() < deadline:
-        stored = [m.data for m in read_stream(cluster3.urls, "HA")]
-    assert stored == [b"before", b"after"]
+    wait_for_replicas_in_step(cluster3, "HA")
+    assert [m.data for m in read_stream(cluster3.urls, "HA")] == [b"before", b"after"]
 
 
 def test_cluster_binds_routes_to_loopback(cluster3: NatsCluster) -> None:
