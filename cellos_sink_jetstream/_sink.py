@@ -247,18 +247,21 @@ class JetStreamEventSink:
             if ca is not None:
                 tls = _root_ca_context(ca, ENV_CA_FILE if ca_file is None else "ca_file")
         display_url = redact_url(",".join(servers))
-        connect_options = ConnectOptions(
-            servers=servers,
-            display_url=display_url,
-            tls=tls,
-            connect_timeout=float(options.get("connect_timeout", 5.0)),
-            reconnect_time_wait=float(options.pop("reconnect_time_wait", 0.25)),
-            name=str(options.pop("name", "cellos-sink-jetstream")),
+        reconnect_time_wait = _positive(
+            "reconnect_time_wait", options.pop("reconnect_time_wait", 0.25)
         )
-        stream = options.get("stream")
+        name = str(options.pop("name", "cellos-sink-jetstream"))
 
         async def connect_publisher() -> Publisher:
-            return await NatsPublisher.connect(connect_options, stream)
+            connect_options = ConnectOptions(
+                servers=servers,
+                display_url=display_url,
+                tls=tls,
+                connect_timeout=sink._settings.connect_timeout,
+                reconnect_time_wait=reconnect_time_wait,
+                name=name,
+            )
+            return await NatsPublisher.connect(connect_options, sink._settings.stream)
 
         sink = cls(connect_publisher, subject, display_url=display_url, **options)
         sink._start_runner()

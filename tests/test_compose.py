@@ -157,3 +157,18 @@ def test_server_url_resolution_and_validation() -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("connect_timeout", "soon"),
+        ("publish_timeout", -1),
+        ("reconnect_time_wait", 0),
+        ("max_in_flight", 1.5),
+        ("stream", ""),
+    ],
+)
+def test_bad_options_are_config_errors_naming_the_option(option: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=option):
+        JetStreamEventSink.connect(unreachable_url(), "a.b", **{option: value})
