@@ -162,10 +162,10 @@ class NatsPublisher:
         publisher = cls(nc, f"{nc.new_inbox()}.", expected_stream)
 
         secrets = secrets_in(options.servers)
-        errors: list[Exception] = []
+        last_errors: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
-            errors[:] = [exc]
+            last_errors[:] = [exc]
             logger.debug(
                 "NATS connection error at %s: %s", options.display_url, _describe(exc, secrets)
             )
@@ -207,7 +207,7 @@ class NatsPublisher:
             await _close_quietly(nc)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                 raise
-            cause = errors[-1] if errors else exc
+            cause = last_errors[-1] if last_errors else exc
             reason = (
                 "timed out"
                 if isinstance(cause, asyncio.TimeoutError)
