@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import statistics
@@ -435,4 +434,3 @@ def test_the_loop_thread_never_blocks_on_a_slow_caller(gated: Any) -> None:
         publisher.next_call().ack()
     done, _ = concurrent.futures.wait(futures, 5)
     assert len(done) == 3
-    assert asyncio.iscoroutinefunction(publisher.publish)
