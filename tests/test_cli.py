@@ -297,6 +297,7 @@ def test_check_with_the_staged_stream(
     warnings = [line for line in out.splitlines() if line.startswith("warning")]
     assert len(warnings) == 1  # a single test server: R1 is all there is to warn about
     assert "1 replica: losing one server" in warnings[0]
+    assert "note        sync_interval is server configuration" in out
     assert "result      OK with 1 warning" in out
 
 

@@ -28,6 +28,13 @@ from ._streams import (
 )
 from ._target import jetstream, server_version, target_from_args, with_nats
 
+#: Printed by every successful check: a client cannot read the server's fsync policy.
+SYNC_INTERVAL_NOTE = (
+    "sync_interval is server configuration no client can read: unless the server's "
+    "jetstream block says 'sync_interval: always', an acknowledged event can be lost in a "
+    "power cut of a majority of the stream's servers"
+)
+
 
 def nats_stream_add_command(template: str, stream: str = DEV_STREAM) -> str:
     """The ``nats stream add`` command an operator runs to pre-stage a stream for ``template``.
@@ -195,6 +202,7 @@ def _report_stream(info: api.StreamInfo, template: str, expected: Optional[str])
     warnings = stream_warnings(info.config)
     for warning in warnings:
         out(f"warning     {warning}")
+    out(f"note        {SYNC_INTERVAL_NOTE}")
     verdict = "OK" if not warnings else f"OK with {plural(len(warnings), 'warning')}"
     out(f"result      {verdict}: the sink can publish {template} to stream {name}")
     return EXIT_OK
