@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Coroutine, Mapping
@@ -124,13 +125,16 @@ class LoopRunner:
         self._queue: Optional[janus.Queue[PublishRequest]] = None
         self._publisher: Optional[Publisher] = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._acks: set[asyncio.Future[PubAck]] = set()
+        # Acks awaited, by deadline slot (see _watch_deadline): one timer per slot, not
+        # one per event.
+        self._deadline_slots: dict[int, dict[asyncio.Future[PubAck], PublishRequest]] = {}
+        self._in_flight = 0
+        self._room: Optional[asyncio.Event] = None
         self._wakeup: Optional[asyncio.Event] = None
         self._consumer_idle = False
         self._writes_failing = False
         # Set by stop(): when the publisher must be closed by (on time.monotonic()).
         self._stop_deadline = float("inf")
-        self._slots: asyncio.Semaphore
         self._begin_publish: Optional[
             Callable[[str, bytes, Mapping[str, str]], Awaitable[asyncio.Future[PubAck]]]
         ] = None
@@ -271,7 +275,7 @@ class LoopRunner:
     async def _consume(
         self, queue: janus.AsyncQueue[PublishRequest], wakeup: asyncio.Event
     ) -> None:
-        self._slots = asyncio.Semaphore(self._max_in_flight)
+        self._room = asyncio.Event()
         self._begin_publish = getattr(self._publisher, "begin_publish", None)
         # Items travel through the janus queue, but the consumer sleeps on a plain event
         # rather than in janus's async get(), whose every wake-up costs a task and an
@@ -298,9 +302,11 @@ class LoopRunner:
         if self._stopping:
             _settle(request, error=SinkClosedError("the sink closed before sending"))
             return
-        await self._slots.acquire()
+        if self._in_flight >= self._max_in_flight:
+            await self._wait_for_room()
+        self._in_flight += 1
         if not request.future.set_running_or_notify_cancel():
-            self._slots.release()  # the caller gave up while it waited in the queue
+            self._release_slot()  # the caller gave up while it waited in the queue
             _settle(request)
             return
         timeout = request.deadline - time.monotonic()
@@ -334,23 +340,49 @@ class LoopRunner:
                 self._finish(request, error=_as_sink_error(exc))
                 return
         self._writes_failing = False
-        self._acks.add(ack)
-        timer = self._loop_or_fail().call_later(timeout, self._expire, request, ack)
-        ack.add_done_callback(functools.partial(self._on_ack, request, timer, timeout))
+        slot = self._watch_deadline(request, ack)
+        ack.add_done_callback(functools.partial(self._on_ack, request, slot, timeout))
 
-    def _expire(self, request: PublishRequest, ack: asyncio.Future[PubAck]) -> None:
-        request.expired = True
-        ack.cancel()
+    async def _wait_for_room(self) -> None:
+        room = self._room
+        assert room is not None
+        while self._in_flight >= self._max_in_flight:
+            room.clear()
+            await room.wait()
+
+    def _release_slot(self) -> None:
+        self._in_flight -= 1
+        if self._room is not None:
+            self._room.set()
+
+    def _watch_deadline(self, request: PublishRequest, ack: asyncio.Future[PubAck]) -> int:
+        # Deadlines are rounded up to the next slot of _DEADLINE_SLOT_SECONDS and share
+        # that slot's timer: an ack is given up at most one slot late, and a publish costs
+        # a dict entry rather than a timer of its own.
+        slot = math.ceil(request.deadline / _DEADLINE_SLOT_SECONDS)
+        watched = self._deadline_slots.get(slot)
+        if watched is None:
+            watched = self._deadline_slots[slot] = {}
+            # The loop's clock is time.monotonic(), the clock of request.deadline.
+            self._loop_or_fail().call_at(slot * _DEADLINE_SLOT_SECONDS, self._expire_slot, slot)
+        watched[ack] = request
+        return slot
+
+    def _expire_slot(self, slot: int) -> None:
+        for ack, request in self._deadline_slots.pop(slot, {}).items():
+            request.expired = True
+            ack.cancel()
 
     def _on_ack(
         self,
         request: PublishRequest,
-        timer: asyncio.TimerHandle,
+        slot: int,
         timeout: float,
         ack: asyncio.Future[PubAck],
     ) -> None:
-        self._acks.discard(ack)
-        timer.cancel()
+        watched = self._deadline_slots.get(slot)
+        if watched is not None:
+            watched.pop(ack, None)
         if ack.cancelled():
             self._finish(request, error=_cancelled_error(request, timeout))
             return
@@ -372,7 +404,7 @@ class LoopRunner:
         result: Optional[PubAck] = None,
         error: Optional[BaseException] = None,
     ) -> None:
-        self._slots.release()
+        self._release_slot()
         _settle(request, result, error)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -388,8 +420,9 @@ class LoopRunner:
     def _cancel_in_flight(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for ack in list(self._acks):
-            ack.cancel()
+        for watched in list(self._deadline_slots.values()):
+            for ack in list(watched):
+                ack.cancel()
 
     async def _publish(
         self, request: PublishRequest, attempts: int, timeout: float, delay_first: bool = False
@@ -435,6 +468,8 @@ def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
 
 
 _LEFTOVER_TASKS_TIMEOUT = 1.0
+# Granularity of publish deadlines on the pipelined path (callers wait 0.25 s longer).
+_DEADLINE_SLOT_SECONDS = 0.05
 
 # Kept from the stop() budget for cancelling leftovers and ending the thread.
 _THREAD_EXIT_MARGIN = 0.1
