@@ -149,7 +149,7 @@ class CircuitBreaker:
             return self._connected_permit
         # Refusing needs no lock: the state is immutable and a stale read can only refuse
         # a caller who might have probed, and a later caller will.
-        now = self._clock() if self._clock is not None else time.monotonic()
+        now = self.now()
         if isinstance(state, Reconnecting) and (self._probe_running or now < state.next_after):
             next(self._rejection_counter)
             return None
@@ -157,7 +157,7 @@ class CircuitBreaker:
             state = self._state
             if isinstance(state, Connected):
                 return self._connected_permit
-            if self._probe_running or self.now() < state.next_after:
+            if self._probe_running or now < state.next_after:
                 next(self._rejection_counter)
                 return None
             self._probe_running = True

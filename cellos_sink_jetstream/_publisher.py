@@ -13,7 +13,7 @@ import json
 import logging
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import nats.errors
@@ -102,11 +102,9 @@ class ConnectOptions:
     servers: Sequence[str]
     display_url: str
     tls: Optional[ssl.SSLContext] = None
-    tls_hostname: Optional[str] = None
     connect_timeout: float = 5.0
     reconnect_time_wait: float = 0.25
     name: str = "cellos-sink-jetstream"
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def wants_tls(self) -> bool:
@@ -198,9 +196,6 @@ class NatsPublisher:
             kwargs["skip_subject_validation"] = True
         if options.tls is not None:
             kwargs["tls"] = options.tls
-        if options.tls_hostname is not None:
-            kwargs["tls_hostname"] = options.tls_hostname
-        kwargs.update(options.extra)
         try:
             await asyncio.wait_for(nc.connect(**kwargs), options.connect_timeout)
         except BaseException as exc:
@@ -225,11 +220,6 @@ class NatsPublisher:
     def max_payload(self) -> int:
         """The server's ``max_payload`` (bytes of headers plus payload)."""
         return int(self._nc.max_payload)
-
-    @property
-    def is_connected(self) -> bool:
-        """Whether the connection is up right now."""
-        return bool(self._nc.is_connected)
 
     async def _on_reply(self, msg: Msg) -> None:
         pending = self._pending.pop(msg.subject[len(self._reply_prefix) :], None)

@@ -361,8 +361,8 @@ class JetStreamEventSink:
     ) -> concurrent.futures.Future[PubAck]:
         if self._closed:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
-        # The breaker first: while the circuit is open, failing fast costs a lock and a
-        # comparison, with no serialisation, no queue item and no future.
+        # The breaker first: while the circuit is open, failing fast costs a clock read and
+        # a comparison, with no serialisation, no queue item and no future.
         breaker = self._breaker
         permit = breaker.admit()
         if permit is None:
@@ -396,7 +396,7 @@ class JetStreamEventSink:
                 wait_for_room,
             )
         except BaseException:
-            self._breaker.release(permit)
+            breaker.release(permit)
             self._finish_one()
             raise
         # Counted out only once the future is settled, so flush() never returns while a

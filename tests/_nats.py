@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from cellos_sink_jetstream._server import NatsCluster, NatsServer
+from tests._polling import wait_until
 
 __all__ = [
     "DUPLICATE_WINDOW",
@@ -401,15 +402,13 @@ def wait_for_replicas_in_step(cluster: NatsCluster, stream: str, timeout: float 
     read served from it would come back short (or time out).
     """
     urls = [s.url for s in cluster.running]
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def in_step() -> bool:
         try:
             total = stream_info(urls, stream).state.messages
             counts = replica_messages(cluster, stream)
         except (nats.errors.Error, OSError):  # a member still settling in
-            counts, total = {}, -1
-        if len(counts) == len(cluster.running) and set(counts.values()) == {total}:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"the replicas of {stream} never caught up with its leader")
-        time.sleep(0.1)  # polling the monitoring endpoint; nothing to wait on instead
+            return False
+        return len(counts) == len(cluster.running) and set(counts.values()) == {total}
+
+    wait_until(in_step, timeout, f"the replicas of {stream} never caught up with its leader")

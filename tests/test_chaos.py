@@ -84,6 +84,7 @@ from tests._nats import (
     stream_leader,
     wait_for_replicas_in_step,
 )
+from tests._polling import wait_until
 from tests.conftest import DUPLICATE_WINDOW, ServerFactory, StagedStream
 
 #: Publish timeout of the sinks under load: short, so that a dead server costs little.
@@ -117,15 +118,6 @@ def make_event(event_id: str, **data: Any) -> CloudEventV1:
         data={"id": event_id, **data},
         extensions={"tenantid": f"tenant{sum(map(ord, event_id)) % 3}"},
     )
-
-
-def wait_until(condition: Callable[[], object], timeout: float, message: str) -> None:
-    """Poll ``condition`` every 10 ms until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"after {timeout:g}s: {message}")
-        time.sleep(0.01)
 
 
 def sink_threads() -> list[threading.Thread]:

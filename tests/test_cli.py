@@ -235,9 +235,12 @@ def test_progress_rewrites_one_line_on_a_terminal() -> None:
             return True
 
     terminal = Terminal()
-    progress = Progress(terminal, interval=1e-9)
+    now = [0.0]
+    progress = Progress(terminal, interval=1.0, clock=lambda: now[0])
     tally = EmitTally(published=3)
-    time.sleep(0.001)
+    progress.update(tally)
+    assert terminal.getvalue() == "", "nothing is shown before the interval passed"
+    now[0] = 1.0
     progress.update(tally)
     progress.message("line 7: skipped")
     progress.clear()

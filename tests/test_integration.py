@@ -26,6 +26,7 @@ from cellos_sink_jetstream import (
 )
 from cellos_sink_jetstream._server import NatsServer
 from tests._nats import TLSFiles, read_stream, stage_stream
+from tests._polling import wait_until
 from tests.conftest import ServerFactory, StagedStream
 
 
@@ -33,13 +34,6 @@ def event(n: int, prefix: str = "evt", **kwargs: Any) -> CloudEventV1:
     return CloudEventV1(
         id=f"{prefix}-{n}", source="/supervisor", type="cell.lifecycle", data={"n": n}, **kwargs
     )
-
-
-def wait_until(condition: Any, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.01)
 
 
 def test_eight_threads_every_event_stored_once_in_thread_order(stream: StagedStream) -> None:
@@ -153,8 +147,7 @@ def test_rogue_core_subscriber_is_not_taken_for_jetstream(nats_server: NatsServe
         await nc.subscribe("rogue.subject", cb=answer)
         await nc.flush()
         ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.01)
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
         await nc.close()
 
     rogue_thread = threading.Thread(target=lambda: asyncio.run(rogue()))

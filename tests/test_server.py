@@ -45,6 +45,7 @@ from tests._nats import (
     stream_leader,
     wait_for_replicas_in_step,
 )
+from tests._polling import wait_until
 
 
 def _pid_alive(pid: int) -> bool:
@@ -105,10 +106,11 @@ def test_read_stream_reads_across_many_batches(stream: StagedStream) -> None:
         await nc.flush()
 
     run(stream.url, flood)
-    deadline = time.monotonic() + 10
-    while stream_info(stream.url, stream.name).state.messages < count:
-        assert time.monotonic() < deadline, "stream did not store the flood"
-        time.sleep(0.05)
+    wait_until(
+        lambda: stream_info(stream.url, stream.name).state.messages >= count,
+        10,
+        "the stream did not store the flood",
+    )
 
     msgs = read_stream(stream.url, stream.name, batch=700)
     assert [int(m.data) for m in msgs] == list(range(count))

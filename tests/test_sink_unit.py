@@ -28,6 +28,7 @@ from cellos_sink_jetstream import (
     ReentrantEmitError,
     SinkClosedError,
 )
+from tests._polling import wait_until
 from tests.fakes import GatedPublisher, InstantPublisher
 
 
@@ -340,7 +341,7 @@ def test_emit_nowait_raises_backpressure_when_queue_and_in_flight_are_full() -> 
         first = sink.emit_nowait(make_event(0))
         publisher.next_call()  # in flight, holds the only slot
         sink.emit_nowait(make_event(1))  # picked from the queue, waits for the slot
-        _wait_until(lambda: sink.stats().queue_depth == 0)
+        wait_until(lambda: sink.stats().queue_depth == 0, 5, "the queued event was never picked up")
         sink.emit_nowait(make_event(2))  # sits in the queue
         with pytest.raises(BackpressureError):
             sink.emit_nowait(make_event(3), timeout=0.05)
@@ -348,13 +349,6 @@ def test_emit_nowait_raises_backpressure_when_queue_and_in_flight_are_full() -> 
         sink.close(timeout=0.5)
     with pytest.raises(SinkClosedError):
         first.result(0)
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.001)
 
 
 def test_breaker_transitions_are_logged_once_each_and_reported(

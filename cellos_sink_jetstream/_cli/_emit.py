@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
-from typing import IO, Any, Optional, TextIO
+from typing import IO, Any, Callable, Optional, TextIO
 
 from .._errors import InvalidEventError, InvalidSubjectError, PublishError, SinkError
 from .._event import CloudEventV1
@@ -61,18 +61,24 @@ class Progress:
     """
 
     def __init__(
-        self, stream: TextIO, *, enabled: bool = True, interval: Optional[float] = None
+        self,
+        stream: TextIO,
+        *,
+        enabled: bool = True,
+        interval: Optional[float] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stream = stream
         self._tty = is_tty(stream)
         self._enabled = enabled
         self._interval = interval if interval is not None else (0.1 if self._tty else 5.0)
-        self._due = time.monotonic() + self._interval
+        self._clock = clock
+        self._due = clock() + self._interval
         self._line_shown = False
 
     def update(self, tally: EmitTally) -> None:
         """Show ``tally`` if the interval has passed since it was last shown."""
-        now = time.monotonic()
+        now = self._clock()
         if not self._enabled or now < self._due:
             return
         self._due = now + self._interval
