@@ -354,3 +354,30 @@ def _probe_ok(sink: JetStreamEventSink) -> bool:
     except PublishError:
         return False
     return True
+
+
+def test_close_from_eight_threads_against_a_real_server(stream: StagedStream) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    sink = JetStreamEventSink.connect(stream.url, stream.subject("close"))
+    pending = [sink.emit_nowait(event(n)) for n in range(200)]
+    barrier = threading.Barrier(8)
+
+    def closer() -> None:
+        barrier.wait()
+        sink.close(timeout=5)
+
+    closers = [threading.Thread(target=closer) for _ in range(8)]
+    for thread in closers:
+        thread.start()
+    for thread in closers:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in closers)
+    assert all(future.done() for future in pending)
+    assert [t for t in threading.enumerate() if t.ident not in before] == []
+    stored = {json.loads(m.data)["id"] for m in read_stream(stream.url, stream.name)}
+    acked = {f"evt-{n}" for n, f in enumerate(pending) if f.exception() is None}
+    assert acked <= stored
+    from cellos_sink_jetstream import SinkClosedError
+
+    with pytest.raises(SinkClosedError):
+        sink.emit(event(999))
