@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import math
 import threading
@@ -33,22 +32,31 @@ from ._errors import (
 from ._publisher import PubAck, Publisher
 from ._retry import retry_async
 
-__all__ = ["LoopRunner", "PublishRequest"]
+__all__ = ["BlockingRequest", "FutureRequest", "LoopRunner", "PublishRequest"]
 
 logger = logging.getLogger("cellos_sink_jetstream")
 
 PublisherFactory = Callable[[], Awaitable[Publisher]]
 
 
-#: Told the outcome of a request just before its caller can see it:
-#: ``(ack, None)``, ``(None, error)``, or ``(None, None)`` when the caller cancelled it.
-OutcomeHook = Callable[[Optional[PubAck], Optional[BaseException]], None]
+#: Told the outcome of a request just before its caller can see it: ``(request, ack, None)``,
+#: ``(request, None, error)``, or ``(request, None, None)`` when the caller gave up on it.
+OutcomeHook = Callable[["PublishRequest", Optional[PubAck], Optional[BaseException]], None]
 
 
 class PublishRequest:
-    """One message to publish, and where its outcome goes."""
+    """One message to publish; subclasses decide how its outcome reaches the caller."""
 
-    __slots__ = ("deadline", "expired", "future", "headers", "on_outcome", "payload", "subject")
+    __slots__ = (
+        "ack_token",
+        "deadline",
+        "deadline_slot",
+        "expired",
+        "headers",
+        "payload",
+        "subject",
+        "tag",
+    )
 
     def __init__(
         self,
@@ -56,41 +64,108 @@ class PublishRequest:
         payload: bytes,
         headers: Mapping[str, str],
         deadline: float,
-        future: concurrent.futures.Future[PubAck],
-        *,
-        on_outcome: Optional[OutcomeHook] = None,
+        tag: Any = None,
     ) -> None:
         self.subject = subject
         self.payload = payload
         self.headers = headers
         #: ``time.monotonic()`` after which the outcome no longer matters to the caller.
         self.deadline = deadline
-        self.future = future
-        self.on_outcome = on_outcome
+        #: The submitter's own data, handed back to the outcome hook.
+        self.tag = tag
         #: Set by the runner when the deadline passed before the ack arrived.
         self.expired = False
+        # The runner's bookkeeping while the ack is awaited on the pipelined path.
+        self.ack_token = ""
+        self.deadline_slot = 0
+
+    def claim(self) -> bool:
+        """Called once, just before sending: ``False`` when the caller already gave up."""
+        return True
+
+    def resolve(self, ack: Optional[PubAck], error: Optional[BaseException]) -> None:
+        """Hand the outcome to the caller; the runner calls this exactly once."""
+        raise NotImplementedError
 
 
-def _settle(
-    request: PublishRequest,
-    result: Optional[PubAck] = None,
-    error: Optional[BaseException] = None,
-) -> None:
-    # The hook runs first: a caller woken by the future must already see its effects
-    # (a probe's success has closed the circuit by the time its emit() returns).
-    if request.on_outcome is not None:
-        try:
-            request.on_outcome(result, error)
-        except Exception:  # the caller must get its outcome whatever the hook did
-            logger.exception("the outcome hook of a publish raised; ignored")
-    future = request.future
-    # A caller that gave up may have cancelled its future while it was still queued.
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)  # type: ignore[arg-type]
+class FutureRequest(PublishRequest):
+    """A request whose outcome lands in a ``concurrent.futures.Future``."""
+
+    __slots__ = ("future",)
+
+    def __init__(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        deadline: float,
+        tag: Any = None,
+    ) -> None:
+        super().__init__(subject, payload, headers, deadline, tag)
+        self.future: concurrent.futures.Future[PubAck] = concurrent.futures.Future()
+
+    def claim(self) -> bool:
+        return self.future.set_running_or_notify_cancel()
+
+    def resolve(self, ack: Optional[PubAck], error: Optional[BaseException]) -> None:
+        future = self.future
+        # A caller that gave up may have cancelled the future while it was still queued.
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if error is not None:
+                future.set_exception(error)
+            elif ack is not None:
+                future.set_result(ack)
+
+
+class BlockingRequest(PublishRequest):
+    """A request whose caller blocks in :meth:`wait`.
+
+    A bare lock, released when the outcome is in, costs a fraction of a
+    ``concurrent.futures.Future`` (a condition, a reentrant lock, two lists), and
+    leaves nothing for the garbage collector to trace.
+    """
+
+    __slots__ = ("_abandoned", "_ack", "_done", "_error")
+
+    def __init__(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        deadline: float,
+        tag: Any = None,
+    ) -> None:
+        super().__init__(subject, payload, headers, deadline, tag)
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._abandoned = False
+        self._ack: Optional[PubAck] = None
+        self._error: Optional[BaseException] = None
+
+    def claim(self) -> bool:
+        return not self._abandoned
+
+    def resolve(self, ack: Optional[PubAck], error: Optional[BaseException]) -> None:
+        self._ack, self._error = ack, error
+        self._done.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the outcome is in; ``False`` after ``timeout`` (then it is abandoned).
+
+        An abandoned request that is still queued is not sent.
+        """
+        if self._done.acquire(timeout=timeout):
+            return True
+        self._abandoned = True
+        return False
+
+    def outcome(self) -> PubAck:
+        """The ack, once :meth:`wait` returned ``True``; raises the publish error instead."""
+        if self._error is not None:
+            raise self._error
+        if self._ack is None:
+            raise SinkClosedError("the publish was given up before it was sent")
+        return self._ack
 
 
 class LoopRunner:
@@ -103,6 +178,7 @@ class LoopRunner:
         max_in_flight: int,
         max_queue: int,
         retry_attempts: int,
+        on_outcome: Optional[OutcomeHook] = None,
         thread_name: str = "cellos-sink-jetstream",
     ) -> None:
         """Prepare (but do not start) the runner.
@@ -112,12 +188,14 @@ class LoopRunner:
             max_in_flight: Most publishes awaiting their ack at once.
             max_queue: Most requests waiting in the queue before ``submit`` blocks.
             retry_attempts: Attempts per publish for fast failures (see ``with_retry``).
+            on_outcome: Told every outcome (on the loop thread) before the caller is.
             thread_name: Name of the background thread.
         """
         self._connect = connect
         self._max_in_flight = max_in_flight
         self._max_queue = max_queue
         self._retry_attempts = retry_attempts
+        self._on_outcome = on_outcome
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         self._ready = threading.Event()
         self._startup_error: Optional[BaseException] = None
@@ -127,7 +205,7 @@ class LoopRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         # Acks awaited, by deadline slot (see _watch_deadline): one timer per slot, not
         # one per event.
-        self._deadline_slots: dict[int, dict[asyncio.Future[PubAck], PublishRequest]] = {}
+        self._deadline_slots: dict[int, set[PublishRequest]] = {}
         self._in_flight = 0
         self._room: Optional[asyncio.Event] = None
         self._wakeup: Optional[asyncio.Event] = None
@@ -135,10 +213,18 @@ class LoopRunner:
         self._writes_failing = False
         # Set by stop(): when the publisher must be closed by (on time.monotonic()).
         self._stop_deadline = float("inf")
-        self._begin_publish: Optional[
-            Callable[[str, bytes, Mapping[str, str]], Awaitable[asyncio.Future[PubAck]]]
-        ] = None
+        self._send: Optional[Callable[[str, bytes, Mapping[str, str], Any], Awaitable[str]]] = None
+        self._forget: Callable[[str], None] = _forget_nothing
         self._stopping = False
+        # Requests queued vs settled, for wait_settled(): the first counted by callers
+        # under the lock, the second only by the loop thread.
+        self._count_lock = threading.Lock()
+        self._settled_changed = threading.Condition(self._count_lock)
+        self._submitted = 0
+        self._settled = 0
+        # Lowest count a wait_settled() caller waits for: the loop signals only then.
+        self._flush_targets: list[int] = []
+        self._lowest_flush_target = math.inf
 
     # -- caller side -------------------------------------------------------------------
 
@@ -173,6 +259,8 @@ class LoopRunner:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
         try:
             queue.sync_q.put(request, timeout=timeout)
+            with self._count_lock:
+                self._submitted += 1
             if self._consumer_idle:
                 self._wake_consumer()
         except janus.SyncQueueFull:
@@ -191,6 +279,27 @@ class LoopRunner:
         if loop is not None and wakeup is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed: nothing to wake
                 loop.call_soon_threadsafe(wakeup.set)
+
+    def outstanding(self) -> int:
+        """Requests submitted whose outcome the caller has not been given yet."""
+        return max(0, self._submitted - self._settled)
+
+    def wait_settled(self, timeout: Optional[float]) -> bool:
+        """Wait until every request submitted before this call is settled.
+
+        Returns ``False`` if some were not within ``timeout`` seconds (``None``: no limit).
+        Requests submitted meanwhile are not waited for, so a steady stream of new
+        events cannot keep the caller waiting forever.
+        """
+        with self._settled_changed:
+            target = self._submitted
+            self._flush_targets.append(target)
+            self._lowest_flush_target = min(self._flush_targets)
+            try:
+                return self._settled_changed.wait_for(lambda: self._settled >= target, timeout)
+            finally:
+                self._flush_targets.remove(target)
+                self._lowest_flush_target = min(self._flush_targets, default=math.inf)
 
     def queue_depth(self) -> int:
         """Requests waiting in the queue (not yet handed to NATS)."""
@@ -276,7 +385,12 @@ class LoopRunner:
         self, queue: janus.AsyncQueue[PublishRequest], wakeup: asyncio.Event
     ) -> None:
         self._room = asyncio.Event()
-        self._begin_publish = getattr(self._publisher, "begin_publish", None)
+        # A publisher that can pipeline (NatsPublisher) offers listen/send/forget.
+        pipelined: Any = self._publisher
+        if hasattr(pipelined, "listen"):
+            pipelined.listen(self._on_ack)
+            self._send = pipelined.send
+            self._forget = pipelined.forget
         # Items travel through the janus queue, but the consumer sleeps on a plain event
         # rather than in janus's async get(), whose every wake-up costs a task and an
         # asyncio lock round: that halves the loop's work per event at low concurrency.
@@ -300,38 +414,38 @@ class LoopRunner:
 
     async def _dispatch(self, request: PublishRequest) -> None:
         if self._stopping:
-            _settle(request, error=SinkClosedError("the sink closed before sending"))
+            self._settle(request, error=SinkClosedError("the sink closed before sending"))
             return
         if self._in_flight >= self._max_in_flight:
             await self._wait_for_room()
-        self._in_flight += 1
-        if not request.future.set_running_or_notify_cancel():
-            self._release_slot()  # the caller gave up while it waited in the queue
-            _settle(request)
+        if not request.claim():
+            self._settle(request)  # the caller gave up while it waited in the queue
             return
+        self._in_flight += 1
         timeout = request.deadline - time.monotonic()
         if timeout <= 0:
-            self._finish(request, error=_QUEUED_PAST_DEADLINE)
+            self._finish(request, error=_queued_past_deadline())
             return
-        begin = self._begin_publish
-        if begin is None:
+        send = self._send
+        if send is None:
             self._spawn(self._publish(request, self._retry_attempts, timeout))
             return
-        # The pipelined path: write now, settle from the ack's callback. No task per event,
-        # and messages reach the connection in queue order: a failed write is retried here,
-        # holding back the events behind it, unless the previous write failed for good too
-        # (then the connection is down and the breaker will stop the flow).
+        # The pipelined path: write now, settle from the publisher's ack callback. No
+        # task, future or timer per event, and messages reach the connection in queue
+        # order: a failed write is retried here, holding back the events behind it,
+        # unless the previous write failed for good too (then the connection is down and
+        # the breaker will stop the flow).
         try:
-            ack = await begin(request.subject, request.payload, request.headers)
+            token = await send(request.subject, request.payload, request.headers, request)
         except Exception as first_error:
             try:
                 retries = 0 if self._writes_failing else self._retry_attempts - 1
                 if retries < 1 or not _is_transient(first_error):
                     raise
 
-                ack = await retry_async(
+                token = await retry_async(
                     retries,
-                    lambda: begin(request.subject, request.payload, request.headers),
+                    lambda: send(request.subject, request.payload, request.headers, request),
                     retry_if=_is_transient,
                     first_delay=True,
                 )
@@ -340,8 +454,8 @@ class LoopRunner:
                 self._finish(request, error=_as_sink_error(exc))
                 return
         self._writes_failing = False
-        slot = self._watch_deadline(request, ack)
-        ack.add_done_callback(functools.partial(self._on_ack, request, slot, timeout))
+        request.ack_token = token
+        self._watch_deadline(request)
 
     async def _wait_for_room(self) -> None:
         room = self._room
@@ -350,45 +464,34 @@ class LoopRunner:
             room.clear()
             await room.wait()
 
-    def _release_slot(self) -> None:
-        self._in_flight -= 1
-        if self._room is not None:
-            self._room.set()
-
-    def _watch_deadline(self, request: PublishRequest, ack: asyncio.Future[PubAck]) -> int:
+    def _watch_deadline(self, request: PublishRequest) -> None:
         # Deadlines are rounded up to the next slot of _DEADLINE_SLOT_SECONDS and share
         # that slot's timer: an ack is given up at most one slot late, and a publish costs
-        # a dict entry rather than a timer of its own.
+        # a set entry rather than a timer of its own.
         slot = math.ceil(request.deadline / _DEADLINE_SLOT_SECONDS)
         watched = self._deadline_slots.get(slot)
         if watched is None:
-            watched = self._deadline_slots[slot] = {}
+            watched = self._deadline_slots[slot] = set()
             # The loop's clock is time.monotonic(), the clock of request.deadline.
             self._loop_or_fail().call_at(slot * _DEADLINE_SLOT_SECONDS, self._expire_slot, slot)
-        watched[ack] = request
-        return slot
+        watched.add(request)
+        request.deadline_slot = slot
 
     def _expire_slot(self, slot: int) -> None:
-        for ack, request in self._deadline_slots.pop(slot, {}).items():
+        for request in self._deadline_slots.pop(slot, ()):
+            self._forget(request.ack_token)
             request.expired = True
-            ack.cancel()
+            self._finish(request, error=_ack_timeout())
 
     def _on_ack(
-        self,
-        request: PublishRequest,
-        slot: int,
-        timeout: float,
-        ack: asyncio.Future[PubAck],
+        self, request: PublishRequest, ack: Optional[PubAck], error: Optional[BaseException]
     ) -> None:
-        watched = self._deadline_slots.get(slot)
+        # The publisher's listener, on the loop thread: the pipelined path's outcome.
+        watched = self._deadline_slots.get(request.deadline_slot)
         if watched is not None:
-            watched.pop(ack, None)
-        if ack.cancelled():
-            self._finish(request, error=_cancelled_error(request, timeout))
-            return
-        error = ack.exception()
+            watched.discard(request)
         if error is None:
-            self._finish(request, result=ack.result())
+            self._finish(request, result=ack)
         else:
             self._after_failure(request, error, request.deadline - time.monotonic())
 
@@ -404,8 +507,31 @@ class LoopRunner:
         result: Optional[PubAck] = None,
         error: Optional[BaseException] = None,
     ) -> None:
-        self._release_slot()
-        _settle(request, result, error)
+        self._in_flight -= 1
+        if self._room is not None:
+            self._room.set()
+        self._settle(request, result, error)
+
+    def _settle(
+        self,
+        request: PublishRequest,
+        result: Optional[PubAck] = None,
+        error: Optional[BaseException] = None,
+    ) -> None:
+        # The hook runs first: a caller woken by the outcome must already see its effects
+        # (a probe's success has closed the circuit by the time its emit() returns).
+        if self._on_outcome is not None:
+            try:
+                self._on_outcome(request, result, error)
+            except Exception:  # the caller must get its outcome whatever the hook did
+                logger.exception("the outcome hook of a publish raised; ignored")
+        try:
+            request.resolve(result, error)
+        finally:
+            self._settled += 1
+            if self._settled >= self._lowest_flush_target:
+                with self._settled_changed:
+                    self._settled_changed.notify_all()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self._loop_or_fail().create_task(coroutine)
@@ -420,9 +546,11 @@ class LoopRunner:
     def _cancel_in_flight(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for watched in list(self._deadline_slots.values()):
-            for ack in list(watched):
-                ack.cancel()
+        slots, self._deadline_slots = self._deadline_slots, {}
+        for watched in slots.values():
+            for request in watched:
+                self._forget(request.ack_token)
+                self._finish(request, error=SinkClosedError("the sink closed before the ack"))
 
     async def _publish(
         self, request: PublishRequest, attempts: int, timeout: float, delay_first: bool = False
@@ -447,7 +575,12 @@ class LoopRunner:
                 first_delay=delay_first,
             )
         except asyncio.CancelledError:
-            self._finish(request, error=_cancelled_error(request, timeout))
+            self._finish(
+                request,
+                error=_ack_timeout()
+                if request.expired
+                else SinkClosedError("the sink closed before the ack"),
+            )
         except Exception as exc:
             self._finish(request, error=_as_sink_error(exc))
         else:
@@ -474,19 +607,25 @@ _DEADLINE_SLOT_SECONDS = 0.05
 # Kept from the stop() budget for cancelling leftovers and ending the thread.
 _THREAD_EXIT_MARGIN = 0.1
 
-_QUEUED_PAST_DEADLINE = BackpressureError(
-    "the event waited in the sink's queue past its deadline and was not sent; "
-    "NATS is slower than the producers"
-)
 
-
-def _cancelled_error(request: PublishRequest, timeout: float) -> SinkError:
-    if not request.expired:
-        return SinkClosedError("the sink closed before the ack")
-    return PublishTimeoutError(
-        f"no JetStream ack within {timeout:.3g}s; the event may still be stored, "
-        f"re-emit it (same id) to be sure"
+# Errors are made afresh for each request: one exception object raised in many threads
+# would grow a traceback that chains all of them.
+def _queued_past_deadline() -> BackpressureError:
+    return BackpressureError(
+        "the event waited in the sink's queue past its deadline and was not sent; "
+        "NATS is slower than the producers"
     )
+
+
+def _ack_timeout() -> PublishTimeoutError:
+    return PublishTimeoutError(
+        "no JetStream ack within the publish timeout; the event may still be stored, "
+        "re-emit it (same id) to be sure"
+    )
+
+
+def _forget_nothing(token: str) -> None:
+    """The general path has no pipelined sends to forget."""
 
 
 def _as_sink_error(error: BaseException) -> BaseException:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import functools
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from typing_extensions import Protocol, Self, runtime_checkable
 
@@ -39,11 +39,13 @@ from ._publisher import (
     HEADER_EXPECTED_STREAM,
     HEADER_MSG_ID,
     ConnectOptions,
+    EncodedHeaders,
+    HeaderTemplate,
     NatsPublisher,
     PubAck,
     Publisher,
 )
-from ._runner import LoopRunner, PublishRequest
+from ._runner import BlockingRequest, FutureRequest, LoopRunner, PublishRequest
 from ._subject import TENANT_ID_PLACEHOLDER, resolve_tenant_subject, validate_subject_template
 
 __all__ = ["EventLike", "EventSink", "JetStreamEventSink", "NoopEventSink", "SinkStats"]
@@ -58,11 +60,14 @@ EventLike = Union[CloudEventV1, Mapping[str, Any], Any]
 
 TransitionCallback = Callable[[BreakerState, BreakerState], None]
 
+_Request = TypeVar("_Request", bound=PublishRequest)
+
 # A caller waits this much longer than the loop's own publish timeout, so the loop's
 # verdict (which the breaker needs) normally arrives before the caller gives up.
 _CALLER_GRACE_SECONDS = 0.25
-# The header block nats-py writes around our headers: "NATS/1.0\r\n" ... "\r\n".
-_HEADER_FRAME_BYTES = len(b"NATS/1.0\r\n\r\n")
+# JetStream's rule for stream names: printable ASCII without whitespace, ".", "*", ">",
+# or path separators.
+_STREAM_NAME_RE = re.compile(r"(?:(?![.*>/\\])[!-~])+")
 
 
 @runtime_checkable
@@ -174,8 +179,13 @@ class JetStreamEventSink:
     ) -> None:
         """Use :meth:`connect`, :meth:`connect_with_root_ca` or :meth:`from_publisher`."""
         validate_subject_template(subject)
-        if stream is not None and (not isinstance(stream, str) or not stream.strip()):
-            raise ConfigError(f"stream must be a non-empty stream name, got {stream!r}")
+        if stream is not None and (
+            not isinstance(stream, str) or not _STREAM_NAME_RE.fullmatch(stream)
+        ):
+            raise ConfigError(
+                f"stream must be a JetStream stream name (printable ASCII without spaces, "
+                f"'.', '*', '>', '/' or '\\'), got {stream!r}"
+            )
         self._settings = _Settings(
             subject=subject,
             stream=stream,
@@ -188,22 +198,15 @@ class JetStreamEventSink:
         self._connect = connect
         self._display_url = display_url
         self._subject_is_fixed = TENANT_ID_PLACEHOLDER not in subject
-        self._base_headers: dict[str, str] = {HEADER_CONTENT_TYPE: CONTENT_TYPE_CLOUDEVENTS_JSON}
+        fixed_headers = {HEADER_CONTENT_TYPE: CONTENT_TYPE_CLOUDEVENTS_JSON}
         if stream is not None:
-            self._base_headers[HEADER_EXPECTED_STREAM] = stream
-        self._header_bytes = (
-            _HEADER_FRAME_BYTES
-            + sum(len(k) + len(v) + 4 for k, v in self._base_headers.items())
-            + len(HEADER_MSG_ID)
-            + 4
-        )
+            fixed_headers[HEADER_EXPECTED_STREAM] = stream
+        self._headers = HeaderTemplate(fixed_headers, HEADER_MSG_ID)
         self._user_on_transition = on_transition
         self._breaker = CircuitBreaker(clock, on_transition=self._on_transition)
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
         self._closed = False
         self._runner: Optional[LoopRunner] = None
-        self._in_flight = 0
         self._published = self._duplicates = self._failed = 0
         self._probes = self._openings = 0
         _LIVE_SINKS.add(self)
@@ -311,8 +314,7 @@ class JetStreamEventSink:
             SinkClosedError: the sink is closed.
             ReentrantEmitError: called from the sink's own loop thread.
         """
-        timeout = self._settings.publish_timeout
-        self._wait_for_ack(self._submit(event, timeout, wait_for_room=timeout), timeout)
+        self.publish(event)
 
     def publish(self, event: EventLike, timeout: Optional[float] = None) -> PubAck:
         """Like :meth:`emit`, but return JetStream's :class:`PubAck`.
@@ -321,18 +323,13 @@ class JetStreamEventSink:
         including time spent waiting for room in the queue.
         """
         timeout = self._settings.publish_timeout if timeout is None else timeout
-        return self._wait_for_ack(self._submit(event, timeout, wait_for_room=timeout), timeout)
-
-    @staticmethod
-    def _wait_for_ack(future: concurrent.futures.Future[PubAck], timeout: float) -> PubAck:
-        try:
-            return future.result(timeout + _CALLER_GRACE_SECONDS)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
+        request = self._submit(event, BlockingRequest, timeout, wait_for_room=timeout)
+        if not request.wait(timeout + _CALLER_GRACE_SECONDS):
             raise PublishTimeoutError(
                 f"no JetStream ack within {timeout:g}s; the event may still be stored, "
                 f"re-emit it (same id) to be sure"
-            ) from None
+            )
+        return request.outcome()
 
     def emit_nowait(
         self, event: EventLike, timeout: Optional[float] = None
@@ -345,20 +342,24 @@ class JetStreamEventSink:
         Events queued from one thread are stored in the order they were queued.
         """
         timeout = self._settings.publish_timeout if timeout is None else timeout
-        return self._submit(event, self._settings.publish_timeout, wait_for_room=timeout)
+        request = self._submit(
+            event, FutureRequest, self._settings.publish_timeout, wait_for_room=timeout
+        )
+        return request.future
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until every queued or in-flight event has its outcome.
+        """Wait until every event queued before this call has its outcome.
 
         Returns ``True`` if all did within ``timeout`` seconds (``None``: wait as long as
-        it takes), ``False`` otherwise (their futures stay pending).
+        it takes), ``False`` otherwise (their futures stay pending). Events queued by
+        other threads while it waits are not waited for.
         """
-        with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        runner = self._runner
+        return True if runner is None else runner.wait_settled(timeout)
 
     def _submit(
-        self, event: EventLike, timeout: float, wait_for_room: float
-    ) -> concurrent.futures.Future[PubAck]:
+        self, event: EventLike, kind: type[_Request], timeout: float, wait_for_room: float
+    ) -> _Request:
         if self._closed:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
         # The breaker first: while the circuit is open, failing fast costs a clock read and
@@ -379,32 +380,15 @@ class JetStreamEventSink:
             raise
         if permit.is_probe:
             self._probes += 1
-        started = time.monotonic()
-        future: concurrent.futures.Future[PubAck] = concurrent.futures.Future()
-        with self._lock:
-            self._in_flight += 1
+        request = kind(subject, payload, headers, time.monotonic() + timeout, permit)
         try:
-            runner.submit(
-                PublishRequest(
-                    subject,
-                    payload,
-                    headers,
-                    started + timeout,
-                    future,
-                    on_outcome=functools.partial(self._on_outcome, permit),
-                ),
-                wait_for_room,
-            )
+            runner.submit(request, wait_for_room)
         except BaseException:
             breaker.release(permit)
-            self._finish_one()
             raise
-        # Counted out only once the future is settled, so flush() never returns while a
-        # future it waited for is still pending.
-        future.add_done_callback(self._finish_one)
-        return future
+        return request
 
-    def _prepare(self, event: EventLike, runner: LoopRunner) -> tuple[str, bytes, dict[str, str]]:
+    def _prepare(self, event: EventLike, runner: LoopRunner) -> tuple[str, bytes, EncodedHeaders]:
         if not isinstance(event, CloudEventV1):
             event = coerce_event(event)
         payload = event.to_json()
@@ -413,19 +397,20 @@ class JetStreamEventSink:
             if self._subject_is_fixed
             else resolve_tenant_subject(self._settings.subject, event)
         )
+        # The event model guarantees an id that is a safe header value.
+        headers = self._headers.fill(event.id)
         limit = getattr(runner.publisher, "max_payload", None)
         if limit is not None:
-            size = len(payload) + self._header_bytes + len(event.id.encode())
+            size = len(payload) + len(headers.wire)
             if size > limit:
                 raise PayloadTooLargeError(size, limit)
-        headers = self._base_headers.copy()
-        headers[HEADER_MSG_ID] = event.id
         return subject, payload, headers
 
     def _on_outcome(
-        self, permit: Permit, ack: Optional[PubAck], error: Optional[BaseException]
+        self, request: PublishRequest, ack: Optional[PubAck], error: Optional[BaseException]
     ) -> None:
-        # Runs on the loop thread, before the caller's future is settled.
+        # Runs on the loop thread, before the caller hears the outcome.
+        permit: Permit = request.tag
         if ack is not None:
             self._published += 1
             if ack.duplicate:
@@ -434,15 +419,9 @@ class JetStreamEventSink:
         elif isinstance(error, PublishError):
             self._failed += 1
             self._breaker.record_failure(permit)
-        else:  # cancelled, the caller's own error, or closing: nothing learned about NATS
+        else:  # given up, the caller's own error, or closing: nothing learned about NATS
             self._failed += 1
             self._breaker.release(permit)
-
-    def _finish_one(self, _future: object = None) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.notify_all()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -463,7 +442,7 @@ class JetStreamEventSink:
             fast_failed=self._breaker.rejections,
             probes=self._probes,
             breaker_openings=self._openings,
-            in_flight=self._in_flight,
+            in_flight=0 if runner is None else runner.outstanding(),
             queue_depth=0 if runner is None else runner.queue_depth(),
         )
 
@@ -512,6 +491,7 @@ class JetStreamEventSink:
             max_in_flight=settings.max_in_flight,
             max_queue=settings.max_queue,
             retry_attempts=settings.retry_attempts,
+            on_outcome=self._on_outcome,
         )
         runner.start(settings.connect_timeout + 1.0)
         self._runner = runner
@@ -534,10 +514,8 @@ class JetStreamEventSink:
         if self._runner is not None:
             _ABANDONED_RUNNERS.append(self._runner)
             self._runner = None
-        self._in_flight = 0
         # Locks held by other parent threads at fork time would stay locked forever here.
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
         # The child's connection is new: the parent's outage (and probe) is not its own.
         self._breaker.reset()
 
@@ -563,7 +541,7 @@ class JetStreamEventSink:
         if not self.flush(max(0.0, deadline - reserve - time.monotonic())):
             logger.warning(
                 "closing with %d event(s) still undelivered; they fail with SinkClosedError",
-                self._in_flight,
+                runner.outstanding(),
             )
         if not runner.stop(max(0.0, deadline - time.monotonic())):
             logger.warning("the sink's background thread did not stop within %gs", timeout)

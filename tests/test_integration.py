@@ -61,8 +61,11 @@ def test_eight_threads_every_event_stored_once_in_thread_order(stream: StagedStr
     for msg in messages:
         assert msg.headers is not None
         body = json.loads(msg.data)
-        assert msg.headers["Nats-Msg-Id"] == body["id"]
-        assert msg.headers["Content-Type"] == "application/cloudevents+json"
+        assert msg.headers == {
+            "Nats-Msg-Id": body["id"],
+            "Content-Type": "application/cloudevents+json",
+            "Nats-Expected-Stream": stream.name,
+        }
         thread_id, n = body["id"].split("-")
         assert msg.subject == f"cellos.events.tenant{int(thread_id[1:]) % 2}"
         order[thread_id].append(int(n))

@@ -333,6 +333,45 @@ def test_flush_reports_false_while_events_are_stuck(gated: Any) -> None:
     assert future.result(0).seq == 1
 
 
+def test_flush_waits_only_for_events_queued_before_it(gated: Any) -> None:
+    sink, publisher = gated
+    before = sink.emit_nowait(make_event(0))
+    first_call = publisher.next_call()
+    flushed = in_thread(lambda: sink.flush(5))
+    wait_until(lambda: _flush_is_waiting(sink), 5, "flush() never started waiting")
+    after = sink.emit_nowait(make_event(1))
+    second_call = publisher.next_call()
+    first_call.ack(seq=1)
+    assert flushed.result(5) is True, "flush() waited for an event queued after it"
+    assert before.result(0).seq == 1
+    assert not after.done()
+    second_call.ack(seq=2)
+    assert after.result(5).seq == 2
+
+
+def _flush_is_waiting(sink: JetStreamEventSink) -> bool:
+    runner = sink._runner
+    return runner is not None and bool(runner._flush_targets)
+
+
+def test_an_emit_that_gave_up_while_queued_is_never_sent() -> None:
+    publisher = GatedPublisher()
+    with JetStreamEventSink.from_publisher(
+        publisher, "a.b", max_in_flight=1, publish_timeout=5, retry_attempts=1
+    ) as sink:
+        blocker = sink.emit_nowait(make_event(0))
+        blocking_call = publisher.next_call()  # holds the only in-flight slot
+        with pytest.raises(PublishTimeoutError):
+            sink.publish(make_event(1), timeout=0.05)  # waits in the queue, then gives up
+        blocking_call.ack(seq=1)
+        assert blocker.result(5).seq == 1
+        assert sink.flush(5)
+        assert publisher.calls.empty(), "the abandoned event was sent after its caller left"
+        stats = sink.stats()
+        assert (stats.published, stats.failed, stats.in_flight) == (1, 1, 0)
+        assert sink.debug_state() == Connected(), "giving up must not open the circuit"
+
+
 def test_emit_nowait_raises_backpressure_when_queue_and_in_flight_are_full() -> None:
     publisher = GatedPublisher()
     with JetStreamEventSink.from_publisher(

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from .._config import ENV_CA_FILE, ENV_NATS_URL, redact_url, resolve_servers, scrub, secrets_in
 from .._errors import ConnectError
-from .._publisher import _close_quietly, _TlsEnforcingClient
+from .._publisher import _close_quietly, _SinkClient
 from .._server import NatsServer
 from .._sink import JetStreamEventSink, TransitionCallback, _root_ca_context
 from .._version import __version__
@@ -91,7 +91,7 @@ async def _open_nats(target: Target) -> Client:
         errors.append(exc)
 
     wants_tls = target.ca_file is not None or any(s.startswith("tls://") for s in target.servers)
-    client = _TlsEnforcingClient(wants_tls)
+    client = _SinkClient(wants_tls)
     options: dict[str, Any] = {
         "servers": list(target.servers),
         "name": f"{PROG} {__version__}",

@@ -1,0 +1,91 @@
+"""Pre-encoded headers: byte for byte what nats-py itself would write."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from cellos_sink_jetstream import ConfigError, JetStreamEventSink
+from cellos_sink_jetstream._publisher import EncodedHeaders, HeaderTemplate, _SinkClient
+from tests.fakes import InstantPublisher
+
+FIXED = {"Content-Type": "application/cloudevents+json", "Nats-Expected-Stream": "CELLOS"}
+
+
+def written_by(client: Client, headers: Any) -> bytes:
+    """The bytes ``client`` queues for one publish with ``headers`` (no connection)."""
+    written: list[bytes] = []
+
+    async def capture(command: bytes, priority: bool = False) -> None:
+        written.append(command)
+
+    client._send_command = capture  # type: ignore[method-assign]
+    client._flush_queue = None
+    payload = b'{"specversion":"1.0"}'
+    asyncio.run(
+        client._send_publish("cellos.events.a", "_INBOX.x.7", payload, len(payload), headers)
+    )
+    assert len(written) == 1
+    return written[0]
+
+
+@pytest.mark.parametrize("msg_id", ["evt-1", "3f0c2a4e-9b7d-4c1e-8d2f-0a1b2c3d4e5f", "ünïcode-ид"])
+def test_encoded_headers_are_written_exactly_as_nats_py_writes_the_mapping(msg_id: str) -> None:
+    headers = HeaderTemplate(FIXED, "Nats-Msg-Id").fill(msg_id)
+    assert dict(headers) == {**FIXED, "Nats-Msg-Id": msg_id}
+    ours = written_by(_SinkClient(require_tls=False), headers)
+    theirs = written_by(Client(), dict(headers))
+    assert ours == theirs
+    assert ours.startswith(b"HPUB cellos.events.a _INBOX.x.7 ")
+
+
+def test_plain_mappings_still_go_through_nats_py() -> None:
+    plain = {**FIXED, "Nats-Msg-Id": "evt-1"}
+    assert written_by(_SinkClient(require_tls=False), plain) == written_by(Client(), plain)
+
+
+@pytest.mark.parametrize(
+    ("fixed", "per_message"),
+    [
+        ({"Bad Name": "x"}, "Nats-Msg-Id"),
+        ({"Name:": "x"}, "Nats-Msg-Id"),
+        ({"X": "a\r\nInjected: 1"}, "Nats-Msg-Id"),
+        ({"X": " padded"}, "Nats-Msg-Id"),
+        ({"X": ""}, "Nats-Msg-Id"),
+        (FIXED, "Nats Msg Id"),
+    ],
+)
+def test_a_template_refuses_headers_it_could_not_write_faithfully(
+    fixed: dict[str, str], per_message: str
+) -> None:
+    with pytest.raises(ValueError, match="header"):
+        HeaderTemplate(fixed, per_message)
+
+
+@pytest.mark.parametrize("value", ["a\r\nInjected: 1", " evt", "evt\t", ""])
+def test_fill_refuses_a_value_that_would_break_the_header_block(value: str) -> None:
+    with pytest.raises(ValueError, match="Nats-Msg-Id"):
+        HeaderTemplate(FIXED, "Nats-Msg-Id").fill(value)
+
+
+def test_encoded_headers_are_an_ordinary_mapping_for_other_publishers() -> None:
+    headers = HeaderTemplate(FIXED, "Nats-Msg-Id").fill("evt-9")
+    assert isinstance(headers, EncodedHeaders)
+    assert headers.wire.endswith(b"Nats-Msg-Id: evt-9\r\n\r\n")
+    assert dict(headers.items()) == {**FIXED, "Nats-Msg-Id": "evt-9"}
+
+
+@pytest.mark.parametrize("stream", ["", "a.b", "a b", "x*", "x>", "a/b", "a\\b", "é", "A\r\nB", 7])
+def test_a_stream_name_jetstream_would_refuse_is_a_config_error(stream: object) -> None:
+    with pytest.raises(ConfigError, match="stream"):
+        JetStreamEventSink.from_publisher(InstantPublisher(), "a.b", stream=stream)
+
+
+def test_the_expected_stream_header_carries_a_valid_name() -> None:
+    publisher = InstantPublisher()
+    with JetStreamEventSink.from_publisher(publisher, "a.b", stream="CELLOS_v-2") as sink:
+        sink.emit({"id": "e1", "source": "/t", "type": "t", "specversion": "1.0"})
+    assert publisher.received[0][2]["Nats-Expected-Stream"] == "CELLOS_v-2"
