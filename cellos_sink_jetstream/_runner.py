@@ -29,6 +29,7 @@ from ._errors import (
     SinkError,
     StreamMismatchError,
 )
+from ._lean_future import make_future
 from ._publisher import PubAck, Publisher
 from ._retry import retry_async
 
@@ -102,7 +103,7 @@ class FutureRequest(PublishRequest):
         tag: Any = None,
     ) -> None:
         super().__init__(subject, payload, headers, deadline, tag)
-        self.future: concurrent.futures.Future[PubAck] = concurrent.futures.Future()
+        self.future: concurrent.futures.Future[PubAck] = make_future()
 
     def claim(self) -> bool:
         return self.future.set_running_or_notify_cancel()
