@@ -19,7 +19,6 @@ from typing import Any, Callable, Optional
 
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from typing_extensions import Protocol, runtime_checkable
 
 from ._config import scrub, secrets_in
@@ -163,19 +162,62 @@ def _check_header(name: str, value: str) -> None:
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # printable ASCII without space and colon
 
 
+#: Takes one message of a direct subscription: its subject, its payload, and the status
+#: code NATS put in its header line (``"503"`` for no responders), if any.
+ReplyHandler = Callable[[bytes, bytes, Optional[str]], None]
+
+
+def _inline_status(headers: Optional[bytes]) -> Optional[str]:
+    # "NATS/1.0 503\r\n\r\n": a status code follows the version after one space.
+    if headers and headers[_STATUS_OFFSET - 1 : _STATUS_OFFSET] == b" ":
+        return headers[_STATUS_OFFSET : _STATUS_OFFSET + 3].decode("ascii", "replace")
+    return None
+
+
+_STATUS_OFFSET = len(b"NATS/1.0 ")
+
+
 class _SinkClient(Client):
-    """The nats-py client with two changes the sink relies on.
+    """The nats-py client with three changes the sink relies on.
 
     - It refuses to send CONNECT over plaintext when TLS was asked for: nats-py upgrades
       to TLS only when the server's INFO says ``tls_required``, so a server (or an
       impostor) without TLS would otherwise receive the credentials in clear.
     - It writes :class:`EncodedHeaders` as they are: encoding a header mapping is most
       of nats-py's own cost per publish, and the loop thread is the sink's bottleneck.
+    - It hands the messages of :meth:`subscribe_direct` subscriptions (the acks) to a
+      plain function, without a queue and a task switch per message.
     """
 
     def __init__(self, require_tls: bool) -> None:
         super().__init__()
         self._cellos_require_tls = require_tls
+        # Subscriptions whose messages go straight to a handler, by subscription id.
+        self._cellos_handlers: dict[int, ReplyHandler] = {}
+
+    async def subscribe_direct(self, subject: str, handler: ReplyHandler) -> None:
+        """Subscribe; each message goes to ``handler(subject, data, status)`` at once.
+
+        Skips nats-py's per-subscription queue, task and ``Msg`` object, which replies
+        to our own publishes do not need. The handler runs on the event loop, inside the
+        protocol parser: it must be quick, and what it raises is logged and dropped.
+        """
+        subscription = await self.subscribe(subject)
+        self._cellos_handlers[subscription._id] = handler
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Optional[bytes]
+    ) -> None:
+        handler = self._cellos_handlers.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        try:
+            handler(subject, data, _inline_status(headers))
+        except Exception:  # raised into the parser, it would drop the connection
+            logger.exception("handling a reply from NATS failed; ignored")
 
     def _connect_command(self) -> bytes:
         if self._cellos_require_tls:
@@ -236,13 +278,14 @@ class NatsPublisher:
     future, task or closure per message.
     """
 
-    def __init__(self, nc: Client, reply_prefix: str, expected_stream: Optional[str]) -> None:
+    def __init__(self, nc: _SinkClient, reply_prefix: str, expected_stream: Optional[str]) -> None:
         """Wrap a connected client; use :meth:`connect` rather than calling this."""
         self._nc = nc
         self._reply_prefix = reply_prefix
+        self._reply_prefix_size = len(reply_prefix.encode())
         self._expected_stream = expected_stream
         # Reply token -> (receiver, subject): the subject only for error messages.
-        self._pending: dict[str, tuple[Any, str]] = {}
+        self._pending: dict[int, tuple[Any, str]] = {}
         self._tokens = itertools.count()
         self._listener: AckListener = _refuse_unheard_ack
         self._closing = False
@@ -309,7 +352,7 @@ class NatsPublisher:
                 f"{options.connect_timeout:g}s (last error: {reason}); check that the server is "
                 f"up, the URL, the credentials and the TLS settings"
             ) from None
-        await nc.subscribe(f"{publisher._reply_prefix}*", cb=publisher._on_reply)
+        await nc.subscribe_direct(f"{publisher._reply_prefix}*", publisher._on_reply)
         return publisher
 
     @property
@@ -321,13 +364,14 @@ class NatsPublisher:
         """Send the outcomes of :meth:`send` to ``listener`` (called on the event loop)."""
         self._listener = listener
 
-    async def _on_reply(self, msg: Msg) -> None:
-        pending = self._pending.pop(msg.subject[len(self._reply_prefix) :], None)
+    def _on_reply(self, reply_subject: bytes, data: bytes, status: Optional[str]) -> None:
+        token = reply_subject[self._reply_prefix_size :]
+        pending = self._pending.pop(int(token), None) if token.isdigit() else None
         if pending is None:
             return  # a late reply to a publish that was forgotten
         receiver, subject = pending
         try:
-            ack = self._parse_ack(subject, msg)
+            ack = self._parse_ack(subject, data, status)
         except PublishError as exc:
             self._deliver(receiver, None, exc)
         else:
@@ -348,20 +392,20 @@ class NatsPublisher:
 
     async def send(
         self, subject: str, payload: bytes, headers: Mapping[str, str], receiver: Any
-    ) -> str:
+    ) -> int:
         """Write the message; its outcome goes to the listener with ``receiver``.
 
         Returns the reply token, for :meth:`forget`. Raises a :class:`PublishError` at
         once when the message cannot be written (the listener then hears nothing).
         """
-        token = str(next(self._tokens))
+        token = next(self._tokens)
         # Registered before writing: the ack may arrive before this coroutine resumes.
         self._pending[token] = (receiver, subject)
         try:
             await self._nc.publish(
                 subject,
                 payload,
-                reply=self._reply_prefix + token,
+                reply=f"{self._reply_prefix}{token}",
                 headers=headers,  # type: ignore[arg-type]  # nats-py only iterates it
             )
         except BaseException as exc:
@@ -375,7 +419,7 @@ class NatsPublisher:
             raise
         return token
 
-    def forget(self, token: str) -> None:
+    def forget(self, token: int) -> None:
         """Stop waiting for the ack of a :meth:`send` (its deadline passed)."""
         self._pending.pop(token, None)
 
@@ -388,14 +432,14 @@ class NatsPublisher:
         finally:
             self.forget(token)  # a no-op unless the caller gave up waiting
 
-    def _parse_ack(self, subject: str, reply: Msg) -> PubAck:
-        if reply.headers and reply.headers.get("Status") == _STATUS_NO_RESPONDERS:
+    def _parse_ack(self, subject: str, data: bytes, status: Optional[str]) -> PubAck:
+        if status == _STATUS_NO_RESPONDERS:
             raise NoStreamError(
                 f"no JetStream stream captures subject {subject!r} (no responders); the "
                 f"operator must create a stream whose subjects include it"
             )
         try:
-            body = json.loads(reply.data)
+            body = json.loads(data)
         except ValueError:
             raise PublishError(
                 f"the reply to a publish on {subject!r} is not a JetStream ack; is a core "

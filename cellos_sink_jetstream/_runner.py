@@ -77,7 +77,7 @@ class PublishRequest:
         #: Set by the runner when the deadline passed before the ack arrived.
         self.expired = False
         # The runner's bookkeeping while the ack is awaited on the pipelined path.
-        self.ack_token = ""
+        self.ack_token = 0
         self.deadline_slot = 0
 
     def claim(self) -> bool:
@@ -214,8 +214,8 @@ class LoopRunner:
         self._writes_failing = False
         # Set by stop(): when the publisher must be closed by (on time.monotonic()).
         self._stop_deadline = float("inf")
-        self._send: Optional[Callable[[str, bytes, Mapping[str, str], Any], Awaitable[str]]] = None
-        self._forget: Callable[[str], None] = _forget_nothing
+        self._send: Optional[Callable[[str, bytes, Mapping[str, str], Any], Awaitable[int]]] = None
+        self._forget: Callable[[int], None] = _forget_nothing
         self._stopping = False
         # Requests queued vs settled, for wait_settled(): the first counted by callers
         # under the lock, the second only by the loop thread.
@@ -625,7 +625,7 @@ def _ack_timeout() -> PublishTimeoutError:
     )
 
 
-def _forget_nothing(token: str) -> None:
+def _forget_nothing(token: int) -> None:
     """The general path has no pipelined sends to forget."""
 
 

@@ -165,6 +165,35 @@ def test_rogue_core_subscriber_is_not_taken_for_jetstream(nats_server: NatsServe
         rogue_thread.join()
 
 
+def test_forged_replies_to_the_sinks_inbox_change_nothing(stream: StagedStream) -> None:
+    import asyncio
+
+    import nats
+
+    with JetStreamEventSink.connect(stream.url, stream.subject("forged")) as sink:
+        first = sink.publish(event(1))
+        publisher: Any = sink._runner.publisher if sink._runner else None
+        inbox, client_stats = publisher._reply_prefix, publisher._nc.stats
+        received_before = client_stats["in_msgs"]
+        forgeries = [("abc", b"{}"), ("999999", b"not json"), ("-1", b"x"), ("\u0663", b"")]
+
+        async def forge() -> None:
+            nc = await nats.connect(stream.url)
+            for token, body in forgeries:
+                await nc.publish(inbox + token, body, headers={"Status": "503"})
+            await nc.flush()
+            await nc.close()
+
+        asyncio.run(forge())
+        second = sink.publish(event(2))
+        assert second.seq == first.seq + 1
+        # The forgeries reached the sink's connection before the second ack did.
+        assert client_stats["in_msgs"] - received_before == len(forgeries) + 1
+        stats = sink.stats()
+        assert (stats.published, stats.failed) == (2, 0)
+        assert sink.debug_state() == Connected()
+
+
 def test_payload_over_max_payload_is_refused_before_sending(
     nats_server_factory: ServerFactory,
 ) -> None:
