@@ -18,7 +18,10 @@ has a fresh UUID as its id, so JetStream's duplicate detection never answers for
 * the fast-fail path: ``emit()`` on a sink whose circuit is held open, against a bare
   ``with lock: raise SomeError()`` loop caught the same way;
 * memory: the process RSS after 20,000 and after 200,000 events through ``emit_nowait``
-  with a ``flush`` every 1,000.
+  with a ``flush`` every 1,000;
+* the hand-off floor: an empty round trip from a caller thread to an asyncio loop thread
+  and back (``call_soon_threadsafe`` of a lock release), the mechanism under every
+  blocking ``emit()``; ``emit()`` cannot be faster than raw serial plus this.
 
 The throughput ways run once against a file-storage stream and once against a
 memory-storage stream, interleaved and repeated (``--repeats``); the reported figure of
@@ -98,6 +101,7 @@ class Plan:
     memory_small: int
     memory_large: int
     memory_flush_every: int
+    handoff_rounds: int
 
     @classmethod
     def make(cls, quick: bool, repeats: Optional[int], scale: float) -> Plan:
@@ -116,6 +120,7 @@ class Plan:
                 memory_small=20_000,
                 memory_large=200_000,
                 memory_flush_every=1_000,
+                handoff_rounds=2_000,
             )
         return cls(
             warmup=n(1_000),
@@ -128,6 +133,7 @@ class Plan:
             memory_small=20_000,
             memory_large=200_000,
             memory_flush_every=1_000,
+            handoff_rounds=10_000,
         )
 
 
@@ -608,6 +614,30 @@ def measure_fast_fail(plan: Plan) -> dict[str, Any]:
     }
 
 
+def measure_handoff(plan: Plan) -> dict[str, Any]:
+    """p50 of an empty caller -> loop thread -> caller round trip, as ``emit()`` makes one."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="bench-handoff", daemon=True)
+    thread.start()
+    perf = time.perf_counter_ns
+    rounds: list[int] = []
+    try:
+        for _ in range(plan.handoff_rounds):
+            done = threading.Lock()
+            done.acquire()
+            t0 = perf()
+            loop.call_soon_threadsafe(done.release)
+            done.acquire()
+            rounds.append(perf() - t0)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+    rounds = rounds[len(rounds) // 10 :]  # the first rounds warm the loop up
+    rounds.sort()
+    return {"p50_us": round(percentile(rounds, 0.5) / 1000, 1), "rounds": len(rounds)}
+
+
 # -- memory ---------------------------------------------------------------------------------
 
 
@@ -822,6 +852,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results[storage] = {
                 key: aggregate(WAY_BY_KEY[key], runs) for key, runs in samples.items()
             }
+        log("hand-off floor:")
+        handoff = measure_handoff(plan)
+        log(f"  empty caller -> loop -> caller round trip: p50 {handoff['p50_us']:.1f} us")
         log("fast-fail:")
         fast_fail = measure_fast_fail(plan)
         log(f"  emit() with the circuit open: {fast_fail['emit_median_ns']:.0f} ns")
@@ -845,6 +878,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         },
         "throughput": results,
         "fast_fail": fast_fail,
+        "handoff": handoff,
         "memory": memory,
         "targets": checks,
     }
@@ -866,6 +900,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{memory['rss_large_mb']:.1f} MB after {memory['large_events']:,} "
         f"(+{memory['delta_mb']:.2f} MB)"
     )
+    for storage, ways in results.items():
+        extra = ways["emit_1t"]["p50_us"] - ways["raw_serial"]["p50_us"]
+        print(
+            f"emit() 1 thread p50 over raw serial p50 [{storage}]: +{extra:.0f} us; "
+            f"floor for any thread hand-off: +{handoff['p50_us']:.0f} us "
+            f"(an empty caller -> loop -> caller round trip)"
+        )
     print()
     print("targets:")
     print(format_checks(checks))

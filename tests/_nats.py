@@ -111,7 +111,9 @@ async def connect(
         # all the cleanup there is.
         transport = nc._transport
         if transport is not None:
-            transport.close()  # type: ignore[no-untyped-call]
+            # nats-py before 2.10 fails here when the socket never opened.
+            with contextlib.suppress(AttributeError):
+                transport.close()  # type: ignore[no-untyped-call]
             await asyncio.sleep(0)
         raise
     return nc

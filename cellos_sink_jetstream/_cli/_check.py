@@ -108,7 +108,9 @@ def _limit_warnings(config: api.StreamConfig) -> list[str]:
         )
         if value is not None and value > 0
     )
-    if limits and (config.discard == api.DiscardPolicy.NEW or config.discard_new_per_subject):
+    # discard_new_per_subject came with nats-py 2.10.
+    per_subject = getattr(config, "discard_new_per_subject", None)
+    if limits and (config.discard == api.DiscardPolicy.NEW or per_subject):
         warnings.append(
             f"discard policy 'new' with {limits}: once full, JetStream refuses new events "
             f"(emit raises PublishError)"
