@@ -151,6 +151,17 @@ class HeaderTemplate:
         return headers
 
 
+def encode_header_block(headers: Mapping[str, str]) -> bytes:
+    """The NATS header block of ``headers``; raise ``ValueError`` for an unsafe header."""
+    wire = getattr(headers, "wire", None)
+    if isinstance(wire, bytes):
+        return wire
+    for name, value in headers.items():
+        _check_header(name, value)
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"NATS/1.0\r\n{lines}\r\n".encode()
+
+
 def _check_header(name: str, value: str) -> None:
     # What nats-py would otherwise check (names) or silently rewrite (values) per message.
     if not _HEADER_NAME_RE.fullmatch(name):
@@ -183,8 +194,10 @@ class _SinkClient(Client):
     - It refuses to send CONNECT over plaintext when TLS was asked for: nats-py upgrades
       to TLS only when the server's INFO says ``tls_required``, so a server (or an
       impostor) without TLS would otherwise receive the credentials in clear.
-    - It writes :class:`EncodedHeaders` as they are: encoding a header mapping is most
-      of nats-py's own cost per publish, and the loop thread is the sink's bottleneck.
+    - :meth:`publish_now` writes a pre-encoded header block as it is, without the
+      coroutines of ``publish()``: encoding a header mapping and four coroutine calls are
+      most of nats-py's own cost per publish, and the loop thread is the sink's
+      bottleneck.
     - It hands the messages of :meth:`subscribe_direct` subscriptions (the acks) to a
       plain function, without a queue and a task switch per message.
     """
@@ -227,36 +240,52 @@ class _SinkClient(Client):
         command: bytes = super()._connect_command()
         return command
 
-    async def _send_publish(
-        self,
-        subject: str,
-        reply: str,
-        payload: bytes,
-        payload_size: int,
-        headers: Optional[dict[str, Any]],
-    ) -> None:
-        # publish() has checked the connection state and the payload size by now.
-        wire = getattr(headers, "wire", None)
-        if wire is None or not subject:
-            await super()._send_publish(subject, reply, payload, payload_size, headers)
-            return
-        header_size = len(wire)
-        await self._send_command(
-            b"HPUB %b %b %d %d\r\n%b%b\r\n"
-            % (
-                subject.encode(),
-                reply.encode(),
-                header_size,
-                header_size + payload_size,
-                wire,
-                payload,
-            )
+    def publish_now(self, subject: str, reply: str, payload: bytes, header_block: bytes) -> None:
+        """What ``publish()`` does, for an encoded header block and without a coroutine.
+
+        The same checks and errors, the same write buffer and flusher task. One change:
+        nothing is buffered while disconnected (the sink connects with ``pending_size=0``
+        anyway), so a publish then raises ``OutboundBufferLimitError`` at once.
+        """
+        if self.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if self.is_draining_pubs:
+            raise nats.errors.ConnectionDrainingError
+        if not self.is_connected:
+            raise nats.errors.OutboundBufferLimitError
+        payload_size = len(payload)
+        if payload_size > self._max_payload:
+            raise nats.errors.MaxPayloadError
+        header_size = len(header_block)
+        command = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
+            subject.encode(),
+            reply.encode(),
+            header_size,
+            header_size + payload_size,
+            header_block,
+            payload,
         )
+        self._pending.append(command)
+        self._pending_data_size += len(command)
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += payload_size
-        # As nats-py does: wake its flusher task once per batch of writes.
-        if self._flush_queue is not None and self._flush_queue.empty():
-            await self._flush_pending()
+        self._kick_flusher()
+
+    def _kick_flusher(self) -> None:
+        # As nats-py's _flush_pending: one wake-up of the flusher task per batch of writes;
+        # it writes out everything buffered by then.
+        queue = self._flush_queue
+        if queue is None or not queue.empty():
+            return
+        flusher = self._flusher_task
+        if flusher is None or flusher.done():
+            # No flusher to wake (nats-py >= 2.15 writes inline then too).
+            assert self._transport is not None
+            self._transport.writelines(self._pending[:])
+            self._pending = []
+            self._pending_data_size = 0
+            return
+        queue.put_nowait(asyncio.get_running_loop().create_future())
 
 
 #: Told the outcome of a pipelined send: ``(receiver, ack, None)`` or
@@ -273,7 +302,7 @@ class NatsPublisher:
     the stream's order equal to the order of calls.
 
     Besides :meth:`publish`, it offers a callback interface for a pipelining caller:
-    :meth:`send` writes a message and later hands its outcome, with the caller's own
+    :meth:`send_now` writes a message and later hands its outcome, with the caller's own
     ``receiver`` object, to the one listener given to :meth:`listen`. That costs no
     future, task or closure per message.
     """
@@ -361,7 +390,7 @@ class NatsPublisher:
         return int(self._nc.max_payload)
 
     def listen(self, listener: AckListener) -> None:
-        """Send the outcomes of :meth:`send` to ``listener`` (called on the event loop)."""
+        """Send the outcomes of :meth:`send_now` to ``listener`` (called on the event loop)."""
         self._listener = listener
 
     def _on_reply(self, reply_subject: bytes, data: bytes, status: Optional[str]) -> None:
@@ -390,25 +419,22 @@ class NatsPublisher:
         else:
             self._listener(receiver, ack, error)
 
-    async def send(
+    def send_now(
         self, subject: str, payload: bytes, headers: Mapping[str, str], receiver: Any
     ) -> int:
         """Write the message; its outcome goes to the listener with ``receiver``.
 
-        Returns the reply token, for :meth:`forget`. Raises a :class:`PublishError` at
-        once when the message cannot be written (the listener then hears nothing).
+        Synchronous: the message joins the connection's write buffer, which nats-py's
+        flusher task writes out on the loop's next turn, in order. Returns the reply
+        token, for :meth:`forget`. Raises a :class:`PublishError` at once when the message
+        cannot be written (the listener then hears nothing).
         """
+        header_block = encode_header_block(headers)
         token = next(self._tokens)
-        # Registered before writing: the ack may arrive before this coroutine resumes.
         self._pending[token] = (receiver, subject)
         try:
-            await self._nc.publish(
-                subject,
-                payload,
-                reply=f"{self._reply_prefix}{token}",
-                headers=headers,  # type: ignore[arg-type]  # nats-py only iterates it
-            )
-        except BaseException as exc:
+            self._nc.publish_now(subject, f"{self._reply_prefix}{token}", payload, header_block)
+        except Exception as exc:
             self._pending.pop(token, None)
             if isinstance(exc, nats.errors.MaxPayloadError):
                 raise PayloadTooLargeError(len(payload), self.max_payload) from None
@@ -420,13 +446,13 @@ class NatsPublisher:
         return token
 
     def forget(self, token: int) -> None:
-        """Stop waiting for the ack of a :meth:`send` (its deadline passed)."""
+        """Stop waiting for the ack of a :meth:`send_now` (its deadline passed)."""
         self._pending.pop(token, None)
 
     async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
         """Publish and wait for the ack; raise a :class:`PublishError` subclass otherwise."""
         ack: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        token = await self.send(subject, payload, headers, ack)
+        token = self.send_now(subject, payload, headers, ack)
         try:
             return await ack
         finally:
@@ -505,7 +531,7 @@ class NatsPublisher:
 def _refuse_unheard_ack(
     receiver: Any, ack: Optional[PubAck], error: Optional[BaseException]
 ) -> None:
-    raise RuntimeError("NatsPublisher.send() was used before listen(); nobody hears the ack")
+    raise RuntimeError("NatsPublisher.send_now() was used before listen(); nobody hears the ack")
 
 
 def _describe(exc: BaseException, secrets: Sequence[str]) -> str:

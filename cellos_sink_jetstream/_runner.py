@@ -208,13 +208,17 @@ class LoopRunner:
         # one per event.
         self._deadline_slots: dict[int, set[PublishRequest]] = {}
         self._in_flight = 0
-        self._room: Optional[asyncio.Event] = None
-        self._wakeup: Optional[asyncio.Event] = None
+        self._queue_drained: Optional[asyncio.Event] = None
+        # _drain's state: running, stopped at the in-flight limit, stopped at an empty
+        # queue (callers then wake it), held back while a failed write is retried.
+        self._draining = False
+        self._waiting_for_room = False
         self._consumer_idle = False
+        self._retrying = False
         self._writes_failing = False
         # Set by stop(): when the publisher must be closed by (on time.monotonic()).
         self._stop_deadline = float("inf")
-        self._send: Optional[Callable[[str, bytes, Mapping[str, str], Any], Awaitable[int]]] = None
+        self._send_now: Optional[Callable[[str, bytes, Mapping[str, str], Any], int]] = None
         self._forget: Callable[[int], None] = _forget_nothing
         self._stopping = False
         # Requests queued vs settled, for wait_settled(): the first counted by callers
@@ -276,10 +280,10 @@ class LoopRunner:
         # Called after the put: if the consumer announced idleness before our item landed,
         # it re-checks the queue and finds it; if after, it sees this wake-up.
         self._consumer_idle = False
-        loop, wakeup = self._loop, self._wakeup
-        if loop is not None and wakeup is not None:
+        loop = self._loop
+        if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed: nothing to wake
-                loop.call_soon_threadsafe(wakeup.set)
+                loop.call_soon_threadsafe(self._drain)
 
     def outstanding(self) -> int:
         """Requests submitted whose outcome the caller has not been given yet."""
@@ -349,8 +353,8 @@ class LoopRunner:
 
     async def _main(self) -> None:
         # The janus queue binds to the loop that first uses it: create it here, on ours.
-        self._wakeup = wakeup = asyncio.Event()
         self._queue = janus.Queue(self._max_queue)
+        self._queue_drained = asyncio.Event()
         try:
             self._publisher = await self._connect()
         except BaseException as exc:
@@ -359,9 +363,16 @@ class LoopRunner:
             self._ready.set()
             await self._queue.wait_closed()
             return
+        # A publisher that can pipeline (NatsPublisher) offers listen/send_now/forget.
+        pipelined: Any = self._publisher
+        if hasattr(pipelined, "listen"):
+            pipelined.listen(self._on_ack)
+            self._send_now = pipelined.send_now
+            self._forget = pipelined.forget
+        self._consumer_idle = True  # the queue is empty: the first submit wakes _drain
         self._ready.set()
         try:
-            await self._consume(self._queue.async_q, wakeup)
+            await self._queue_drained.wait()
         finally:
             self._cancel_in_flight()
             await asyncio.sleep(0)  # let the cancelled acks' callbacks settle their callers
@@ -382,88 +393,101 @@ class LoopRunner:
         except Exception as exc:  # closing must not hide why we are closing
             logger.debug("closing the publisher failed: %s", type(exc).__name__)
 
-    async def _consume(
-        self, queue: janus.AsyncQueue[PublishRequest], wakeup: asyncio.Event
-    ) -> None:
-        self._room = asyncio.Event()
-        # A publisher that can pipeline (NatsPublisher) offers listen/send/forget.
-        pipelined: Any = self._publisher
-        if hasattr(pipelined, "listen"):
-            pipelined.listen(self._on_ack)
-            self._send = pipelined.send
-            self._forget = pipelined.forget
-        # Items travel through the janus queue, but the consumer sleeps on a plain event
-        # rather than in janus's async get(), whose every wake-up costs a task and an
-        # asyncio lock round: that halves the loop's work per event at low concurrency.
-        while True:
-            try:
-                request = queue.get_nowait()
-            except janus.AsyncQueueEmpty:
-                self._consumer_idle = True
-                try:
-                    request = queue.get_nowait()  # what landed before we said we were idle
-                except janus.AsyncQueueEmpty:
-                    await wakeup.wait()
-                    wakeup.clear()
-                    continue
-                except janus.AsyncQueueShutDown:
-                    return
-                self._consumer_idle = False
-            except janus.AsyncQueueShutDown:
-                return
-            await self._dispatch(request)
+    def _drain(self) -> None:
+        """Send queued requests until the queue is empty or the in-flight limit is reached.
 
-    async def _dispatch(self, request: PublishRequest) -> None:
+        A plain callback, not a task: a caller's wake-up runs it directly, and so does the
+        ack that frees an in-flight slot. Sends are synchronous (they only fill the
+        connection's write buffer), so a burst costs no coroutine per event.
+        """
+        if self._draining or self._retrying:
+            return  # already draining further up the stack, or held back for order
+        queue, drained = self._queue, self._queue_drained
+        if queue is None or drained is None:
+            return  # not started yet
+        async_q = queue.async_q
+        self._draining = True
+        try:
+            while self._stopping or self._in_flight < self._max_in_flight:
+                try:
+                    request = async_q.get_nowait()
+                except janus.AsyncQueueEmpty:
+                    self._consumer_idle = True
+                    try:
+                        # What landed before the callers could see that we were idle.
+                        request = async_q.get_nowait()
+                    except janus.AsyncQueueEmpty:
+                        return
+                    self._consumer_idle = False
+                if not self._dispatch(request):
+                    return
+            self._waiting_for_room = True
+        except janus.AsyncQueueShutDown:
+            drained.set()
+        finally:
+            self._draining = False
+
+    def _dispatch(self, request: PublishRequest) -> bool:
+        """Send one request; ``False`` when the queue must wait for its retries."""
         if self._stopping:
             self._settle(request, error=SinkClosedError("the sink closed before sending"))
-            return
-        if self._in_flight >= self._max_in_flight:
-            await self._wait_for_room()
+            return True
         if not request.claim():
             self._settle(request)  # the caller gave up while it waited in the queue
-            return
+            return True
         self._in_flight += 1
         timeout = request.deadline - time.monotonic()
         if timeout <= 0:
             self._finish(request, error=_queued_past_deadline())
-            return
-        send = self._send
-        if send is None:
+            return True
+        send_now = self._send_now
+        if send_now is None:
             self._spawn(self._publish(request, self._retry_attempts, timeout))
-            return
+            return True
         # The pipelined path: write now, settle from the publisher's ack callback. No
         # task, future or timer per event, and messages reach the connection in queue
-        # order: a failed write is retried here, holding back the events behind it,
-        # unless the previous write failed for good too (then the connection is down and
-        # the breaker will stop the flow).
+        # order: a failed write is retried before anything behind it is sent, unless the
+        # previous write failed for good too (then the connection is down and the breaker
+        # will stop the flow).
         try:
-            token = await send(request.subject, request.payload, request.headers, request)
-        except Exception as first_error:
-            try:
-                retries = 0 if self._writes_failing else self._retry_attempts - 1
-                if retries < 1 or not _is_transient(first_error):
-                    raise
-
-                token = await retry_async(
-                    retries,
-                    lambda: send(request.subject, request.payload, request.headers, request),
-                    retry_if=_is_transient,
-                    first_delay=True,
-                )
-            except Exception as exc:
-                self._writes_failing = _is_transient(exc)
-                self._finish(request, error=_as_sink_error(exc))
-                return
+            token = send_now(request.subject, request.payload, request.headers, request)
+        except Exception as error:
+            if self._writes_failing or self._retry_attempts < 2 or not _is_transient(error):
+                self._writes_failing = _is_transient(error)
+                self._finish(request, error=_as_sink_error(error))
+                return True
+            self._retrying = True
+            self._spawn(self._retry_send(request))
+            return False
         self._writes_failing = False
         request.ack_token = token
         self._watch_deadline(request)
+        return True
 
-    async def _wait_for_room(self) -> None:
-        room = self._room
-        assert room is not None
-        while self._in_flight >= self._max_in_flight:
-            room.clear()
-            await room.wait()
+    async def _retry_send(self, request: PublishRequest) -> None:
+        send_now = self._send_now
+        assert send_now is not None
+
+        async def send() -> int:
+            return send_now(request.subject, request.payload, request.headers, request)
+
+        try:
+            token = await retry_async(
+                self._retry_attempts - 1, send, retry_if=_is_transient, first_delay=True
+            )
+        except asyncio.CancelledError:
+            self._finish(request, error=SinkClosedError("the sink closed before sending"))
+            raise
+        except Exception as exc:
+            self._writes_failing = _is_transient(exc)
+            self._finish(request, error=_as_sink_error(exc))
+        else:
+            self._writes_failing = False
+            request.ack_token = token
+            self._watch_deadline(request)
+        finally:
+            self._retrying = False
+            self._drain()
 
     def _watch_deadline(self, request: PublishRequest) -> None:
         # Deadlines are rounded up to the next slot of _DEADLINE_SLOT_SECONDS and share
@@ -509,9 +533,10 @@ class LoopRunner:
         error: Optional[BaseException] = None,
     ) -> None:
         self._in_flight -= 1
-        if self._room is not None:
-            self._room.set()
         self._settle(request, result, error)
+        if self._waiting_for_room:
+            self._waiting_for_room = False
+            self._drain()
 
     def _settle(
         self,

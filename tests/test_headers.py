@@ -3,48 +3,81 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
+import nats.errors
 import pytest
 from nats.aio.client import Client
 
 from cellos_sink_jetstream import ConfigError, JetStreamEventSink
-from cellos_sink_jetstream._publisher import EncodedHeaders, HeaderTemplate, _SinkClient
+from cellos_sink_jetstream._publisher import (
+    EncodedHeaders,
+    HeaderTemplate,
+    _SinkClient,
+    encode_header_block,
+)
 from tests.fakes import InstantPublisher
 
 FIXED = {"Content-Type": "application/cloudevents+json", "Nats-Expected-Stream": "CELLOS"}
 
 
-def written_by(client: Client, headers: Any) -> bytes:
-    """The bytes ``client`` queues for one publish with ``headers`` (no connection)."""
+PAYLOAD = b'{"specversion":"1.0"}'
+
+
+def written_by_nats_py(headers: dict[str, str]) -> bytes:
+    """The bytes nats-py's own publish path queues for one message (no connection)."""
     written: list[bytes] = []
 
     async def capture(command: bytes, priority: bool = False) -> None:
         written.append(command)
 
+    client = Client()
     client._send_command = capture  # type: ignore[method-assign]
     client._flush_queue = None
-    payload = b'{"specversion":"1.0"}'
     asyncio.run(
-        client._send_publish("cellos.events.a", "_INBOX.x.7", payload, len(payload), headers)
+        client._send_publish("cellos.events.a", "_INBOX.x.7", PAYLOAD, len(PAYLOAD), headers)
     )
     assert len(written) == 1
     return written[0]
+
+
+def written_by_publish_now(header_block: bytes) -> bytes:
+    """The bytes the sink's client queues for one message (no connection)."""
+    client = _SinkClient(require_tls=False)
+    client._status = Client.CONNECTED
+    client.publish_now("cellos.events.a", "_INBOX.x.7", PAYLOAD, header_block)
+    assert len(client._pending) == 1
+    assert client.stats["out_msgs"] == 1
+    return client._pending[0]
 
 
 @pytest.mark.parametrize("msg_id", ["evt-1", "3f0c2a4e-9b7d-4c1e-8d2f-0a1b2c3d4e5f", "ünïcode-ид"])
 def test_encoded_headers_are_written_exactly_as_nats_py_writes_the_mapping(msg_id: str) -> None:
     headers = HeaderTemplate(FIXED, "Nats-Msg-Id").fill(msg_id)
     assert dict(headers) == {**FIXED, "Nats-Msg-Id": msg_id}
-    ours = written_by(_SinkClient(require_tls=False), headers)
-    theirs = written_by(Client(), dict(headers))
-    assert ours == theirs
+    ours = written_by_publish_now(headers.wire)
+    assert ours == written_by_nats_py(dict(headers))
     assert ours.startswith(b"HPUB cellos.events.a _INBOX.x.7 ")
 
 
-def test_plain_mappings_still_go_through_nats_py() -> None:
+def test_plain_mappings_are_encoded_as_nats_py_encodes_them() -> None:
     plain = {**FIXED, "Nats-Msg-Id": "evt-1"}
-    assert written_by(_SinkClient(require_tls=False), plain) == written_by(Client(), plain)
+    assert written_by_publish_now(encode_header_block(plain)) == written_by_nats_py(plain)
+    with pytest.raises(ValueError, match="header"):
+        encode_header_block({"X": "a\r\nInjected: 1"})
+
+
+def test_publish_now_refuses_what_publish_refuses() -> None:
+    client = _SinkClient(require_tls=False)
+    with pytest.raises(nats.errors.OutboundBufferLimitError):
+        client.publish_now("a.b", "r", b"x", b"NATS/1.0\r\n\r\n")  # not connected
+    client._status = Client.CONNECTED
+    client._max_payload = 4
+    with pytest.raises(nats.errors.MaxPayloadError):
+        client.publish_now("a.b", "r", b"12345", b"NATS/1.0\r\n\r\n")
+    client._status = Client.CLOSED
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        client.publish_now("a.b", "r", b"x", b"NATS/1.0\r\n\r\n")
+    assert client._pending == []
 
 
 @pytest.mark.parametrize(
