@@ -195,9 +195,10 @@ class _SinkClient(Client):
       to TLS only when the server's INFO says ``tls_required``, so a server (or an
       impostor) without TLS would otherwise receive the credentials in clear.
     - :meth:`publish_now` writes a pre-encoded header block as it is, without the
-      coroutines of ``publish()``: encoding a header mapping and four coroutine calls are
-      most of nats-py's own cost per publish, and the loop thread is the sink's
-      bottleneck.
+      coroutines of ``publish()``, and :meth:`flush_now` writes a batch out without
+      waiting for the flusher task's turn: header encoding, four coroutine calls and a
+      loop turn are most of nats-py's own cost per publish, and the loop thread is the
+      sink's bottleneck.
     - It hands the messages of :meth:`subscribe_direct` subscriptions (the acks) to a
       plain function, without a queue and a task switch per message.
     """
@@ -243,9 +244,10 @@ class _SinkClient(Client):
     def publish_now(self, subject: str, reply: str, payload: bytes, header_block: bytes) -> None:
         """What ``publish()`` does, for an encoded header block and without a coroutine.
 
-        The same checks and errors, the same write buffer and flusher task. One change:
-        nothing is buffered while disconnected (the sink connects with ``pending_size=0``
-        anyway), so a publish then raises ``OutboundBufferLimitError`` at once.
+        The same checks and errors and the same write buffer; :meth:`flush_now` writes
+        it out, once per batch. One change: nothing is buffered while disconnected (the
+        sink connects with ``pending_size=0`` anyway), so a publish then raises
+        ``OutboundBufferLimitError`` at once.
         """
         if self.is_closed:
             raise nats.errors.ConnectionClosedError
@@ -269,23 +271,32 @@ class _SinkClient(Client):
         self._pending_data_size += len(command)
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += payload_size
-        self._kick_flusher()
 
-    def _kick_flusher(self) -> None:
-        # As nats-py's _flush_pending: one wake-up of the flusher task per batch of writes;
-        # it writes out everything buffered by then.
-        queue = self._flush_queue
-        if queue is None or not queue.empty():
+    def flush_now(self) -> None:
+        """Write out what :meth:`publish_now` buffered.
+
+        At once when the socket keeps up (nothing is waiting in the transport's own
+        buffer), which saves the loop turn nats-py's flusher task would take; otherwise
+        through that task, which waits for the socket to drain before writing more.
+        """
+        if not self._pending or not self.is_connected:
             return
+        writer = getattr(self._transport, "_io_writer", None)
+        socket_transport = getattr(writer, "transport", None)
         flusher = self._flusher_task
-        if flusher is None or flusher.done():
-            # No flusher to wake (nats-py >= 2.15 writes inline then too).
+        flusher_alive = flusher is not None and not flusher.done()
+        if (
+            socket_transport is not None and socket_transport.get_write_buffer_size() == 0
+        ) or not flusher_alive:
             assert self._transport is not None
             self._transport.writelines(self._pending[:])
             self._pending = []
             self._pending_data_size = 0
             return
-        queue.put_nowait(asyncio.get_running_loop().create_future())
+        # As nats-py's _flush_pending: one wake-up of the flusher per batch of writes.
+        queue = self._flush_queue
+        if queue is not None and queue.empty():
+            queue.put_nowait(asyncio.get_running_loop().create_future())
 
 
 #: Told the outcome of a pipelined send: ``(receiver, ack, None)`` or
@@ -424,8 +435,8 @@ class NatsPublisher:
     ) -> int:
         """Write the message; its outcome goes to the listener with ``receiver``.
 
-        Synchronous: the message joins the connection's write buffer, which nats-py's
-        flusher task writes out on the loop's next turn, in order. Returns the reply
+        Synchronous: the message joins the connection's write buffer, in order, which
+        :meth:`flush_writes` writes out. Returns the reply
         token, for :meth:`forget`. Raises a :class:`PublishError` at once when the message
         cannot be written (the listener then hears nothing).
         """
@@ -445,6 +456,10 @@ class NatsPublisher:
             raise
         return token
 
+    def flush_writes(self) -> None:
+        """Write out the messages :meth:`send_now` buffered; call once per batch."""
+        self._nc.flush_now()
+
     def forget(self, token: int) -> None:
         """Stop waiting for the ack of a :meth:`send_now` (its deadline passed)."""
         self._pending.pop(token, None)
@@ -453,6 +468,7 @@ class NatsPublisher:
         """Publish and wait for the ack; raise a :class:`PublishError` subclass otherwise."""
         ack: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
         token = self.send_now(subject, payload, headers, ack)
+        self.flush_writes()
         try:
             return await ack
         finally:

@@ -220,6 +220,7 @@ class LoopRunner:
         self._stop_deadline = float("inf")
         self._send_now: Optional[Callable[[str, bytes, Mapping[str, str], Any], int]] = None
         self._forget: Callable[[int], None] = _forget_nothing
+        self._flush_writes: Callable[[], None] = _flush_nothing
         self._stopping = False
         # Requests queued vs settled, for wait_settled(): the first counted by callers
         # under the lock, the second only by the loop thread.
@@ -368,6 +369,7 @@ class LoopRunner:
         if hasattr(pipelined, "listen"):
             pipelined.listen(self._on_ack)
             self._send_now = pipelined.send_now
+            self._flush_writes = pipelined.flush_writes
             self._forget = pipelined.forget
         self._consumer_idle = True  # the queue is empty: the first submit wakes _drain
         self._ready.set()
@@ -398,7 +400,8 @@ class LoopRunner:
 
         A plain callback, not a task: a caller's wake-up runs it directly, and so does the
         ack that frees an in-flight slot. Sends are synchronous (they only fill the
-        connection's write buffer), so a burst costs no coroutine per event.
+        connection's write buffer, written out once at the end), so a burst costs no
+        coroutine per event.
         """
         if self._draining or self._retrying:
             return  # already draining further up the stack, or held back for order
@@ -426,6 +429,8 @@ class LoopRunner:
             drained.set()
         finally:
             self._draining = False
+            # Once per batch: what this drain sent leaves in one write.
+            self._flush_writes()
 
     def _dispatch(self, request: PublishRequest) -> bool:
         """Send one request; ``False`` when the queue must wait for its retries."""
@@ -485,6 +490,7 @@ class LoopRunner:
             self._writes_failing = False
             request.ack_token = token
             self._watch_deadline(request)
+            self._flush_writes()
         finally:
             self._retrying = False
             self._drain()
@@ -652,6 +658,10 @@ def _ack_timeout() -> PublishTimeoutError:
 
 def _forget_nothing(token: int) -> None:
     """The general path has no pipelined sends to forget."""
+
+
+def _flush_nothing() -> None:
+    """The general path's publisher writes its messages itself."""
 
 
 def _as_sink_error(error: BaseException) -> BaseException:
