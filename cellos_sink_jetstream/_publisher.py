@@ -134,12 +134,10 @@ class HeaderTemplate:
 
     def __init__(self, fixed: Mapping[str, str], per_message: str) -> None:
         """Check and encode the fixed part; raise ``ValueError`` for an unsafe header."""
-        for name, value in [*fixed.items(), (per_message, "x")]:
-            _check_header(name, value)
+        _check_header(per_message, "x")
         self._fixed = dict(fixed)
         self._per_message = per_message
-        lines = "".join(f"{name}: {value}\r\n" for name, value in fixed.items())
-        self._prefix = f"NATS/1.0\r\n{lines}{per_message}: ".encode()
+        self._prefix = f"NATS/1.0\r\n{_header_lines(fixed)}{per_message}: ".encode()
 
     def fill(self, value: str) -> EncodedHeaders:
         """The headers of one message whose per-message header is ``value``."""
@@ -156,10 +154,13 @@ def encode_header_block(headers: Mapping[str, str]) -> bytes:
     wire = getattr(headers, "wire", None)
     if isinstance(wire, bytes):
         return wire
+    return f"NATS/1.0\r\n{_header_lines(headers)}\r\n".encode()
+
+
+def _header_lines(headers: Mapping[str, str]) -> str:
     for name, value in headers.items():
         _check_header(name, value)
-    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    return f"NATS/1.0\r\n{lines}\r\n".encode()
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items())
 
 
 def _check_header(name: str, value: str) -> None:
@@ -435,10 +436,10 @@ class NatsPublisher:
     ) -> int:
         """Write the message; its outcome goes to the listener with ``receiver``.
 
-        Synchronous: the message joins the connection's write buffer, in order, which
-        :meth:`flush_writes` writes out. Returns the reply
-        token, for :meth:`forget`. Raises a :class:`PublishError` at once when the message
-        cannot be written (the listener then hears nothing).
+        Synchronous: the message joins the connection's write buffer, in order, and
+        :meth:`flush_writes` writes the buffer out. Returns the reply token, for
+        :meth:`forget`. Raises a :class:`PublishError` at once when the message cannot be
+        written (the listener then hears nothing).
         """
         header_block = encode_header_block(headers)
         token = next(self._tokens)

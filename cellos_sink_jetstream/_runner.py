@@ -94,15 +94,8 @@ class FutureRequest(PublishRequest):
 
     __slots__ = ("future",)
 
-    def __init__(
-        self,
-        subject: str,
-        payload: bytes,
-        headers: Mapping[str, str],
-        deadline: float,
-        tag: Any = None,
-    ) -> None:
-        super().__init__(subject, payload, headers, deadline, tag)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # as PublishRequest
+        super().__init__(*args, **kwargs)
         self.future: concurrent.futures.Future[PubAck] = make_future()
 
     def claim(self) -> bool:
@@ -128,15 +121,8 @@ class BlockingRequest(PublishRequest):
 
     __slots__ = ("_abandoned", "_ack", "_done", "_error")
 
-    def __init__(
-        self,
-        subject: str,
-        payload: bytes,
-        headers: Mapping[str, str],
-        deadline: float,
-        tag: Any = None,
-    ) -> None:
-        super().__init__(subject, payload, headers, deadline, tag)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # as PublishRequest
+        super().__init__(*args, **kwargs)
         self._done = threading.Lock()
         self._done.acquire()
         self._abandoned = False
