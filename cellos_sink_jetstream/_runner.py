@@ -1,8 +1,9 @@
 """The background thread: one asyncio loop, one janus queue, one :class:`Publisher`.
 
-Callers on any thread touch only :meth:`LoopRunner.submit` (the queue's sync side) and the
-``concurrent.futures.Future`` of their request. Everything else (the loop, the connection,
-the async side of the queue) belongs to the runner's thread. The runner knows nothing of
+Callers on any thread touch only :meth:`LoopRunner.submit` (the queue's sync side), the
+outcome of their request (a future, or a lock they wait on) and the settled-count that
+:meth:`LoopRunner.wait_settled` watches. Everything else (the loop, the connection, the
+async side of the queue) belongs to the runner's thread. The runner knows nothing of
 CloudEvents: a request is a subject, a payload, headers and a deadline.
 """
 
@@ -486,10 +487,9 @@ class LoopRunner:
             self._writes_failing = False
             request.ack_token = token
             self._watch_deadline(request)
-            self._flush_writes()
         finally:
             self._retrying = False
-            self._drain()
+            self._drain()  # sends what waited behind it, and writes this one out too
 
     def _watch_deadline(self, request: PublishRequest) -> None:
         # Deadlines are rounded up to the next slot of _DEADLINE_SLOT_SECONDS and share

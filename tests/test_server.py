@@ -294,7 +294,9 @@ def test_cluster_r3_stream_survives_losing_its_leader(cluster3: NatsCluster) -> 
     stage_stream(cluster3.urls, "HA", ["ha.>"], num_replicas=3)
     leader = stream_leader(cluster3.urls, "HA")
     assert leader in {"n1", "n2", "n3"}
-    assert publish(cluster3.urls, "ha.a", b"before").seq == 1
+    # The stream's interest reaches every server over the routes a moment after it exists:
+    # until then a publish through a server that has not heard of it finds no responders.
+    assert publish(cluster3.urls, "ha.a", b"before", retry_for=20).seq == 1
 
     cluster3.kill(leader)
     survivors = [s.url for s in cluster3.running]
