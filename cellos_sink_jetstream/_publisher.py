@@ -141,7 +141,7 @@ class HeaderTemplate:
 
     def fill(self, value: str) -> EncodedHeaders:
         """The headers of one message whose per-message header is ``value``."""
-        if not value or not value.isprintable() or value != value.strip():
+        if not _is_header_value(value):
             raise ValueError(f"header {self._per_message} cannot carry {value!r}")
         headers = EncodedHeaders(self._fixed)
         headers[self._per_message] = value
@@ -164,11 +164,17 @@ def _header_lines(headers: Mapping[str, str]) -> str:
 
 
 def _check_header(name: str, value: str) -> None:
-    # What nats-py would otherwise check (names) or silently rewrite (values) per message.
     if not _HEADER_NAME_RE.fullmatch(name):
         raise ValueError(f"{name!r} is not a valid NATS header name")
-    if not value.isprintable() or value != value.strip() or not value:
+    if not _is_header_value(value):
         raise ValueError(f"header {name} cannot carry {value!r}")
+
+
+def _is_header_value(value: str) -> bool:
+    # What nats-py would refuse (names) or silently rewrite (values: stripped, CR and LF
+    # turned into spaces) is refused here, so the bytes sent are the bytes nats-py would
+    # send. Anything else, non-ASCII included, is sent as UTF-8, as nats-py does.
+    return bool(value) and value == value.strip() and "\r" not in value and "\n" not in value
 
 
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # printable ASCII without space and colon

@@ -50,7 +50,16 @@ def written_by_publish_now(header_block: bytes) -> bytes:
     return client._pending[0]
 
 
-@pytest.mark.parametrize("msg_id", ["evt-1", "3f0c2a4e-9b7d-4c1e-8d2f-0a1b2c3d4e5f", "ünïcode-ид"])
+@pytest.mark.parametrize(
+    "msg_id",
+    [
+        "evt-1",
+        "3f0c2a4e-9b7d-4c1e-8d2f-0a1b2c3d4e5f",
+        "ünïcode-ид",
+        "zero\u200bwidth and\u00a0no-break space",  # valid CloudEvents ids, not isprintable()
+        "emoji-😀",
+    ],
+)
 def test_encoded_headers_are_written_exactly_as_nats_py_writes_the_mapping(msg_id: str) -> None:
     headers = HeaderTemplate(FIXED, "Nats-Msg-Id").fill(msg_id)
     assert dict(headers) == {**FIXED, "Nats-Msg-Id": msg_id}

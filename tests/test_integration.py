@@ -83,6 +83,18 @@ def test_re_emit_is_deduplicated_by_event_id(stream: StagedStream) -> None:
     assert len(read_stream(stream.url, stream.name)) == 1
 
 
+def test_ids_with_invisible_characters_are_sent_verbatim(stream: StagedStream) -> None:
+    # Valid CloudEvents ids that str.isprintable() rejects must still deduplicate exactly.
+    with JetStreamEventSink.connect(stream.url, stream.subject("invisible")) as sink:
+        invisible = "zero\u200bwidth\u00a0nbsp"
+        first = sink.publish(event(1, prefix=invisible))
+        again = sink.publish(event(1, prefix=invisible))
+        visible = sink.publish(event(1, prefix="zerowidth nbsp"))
+    assert (first.duplicate, again.duplicate, visible.duplicate) == (False, True, False)
+    assert again.seq == first.seq
+    assert visible.seq == first.seq + 1
+
+
 def test_server_stop_opens_the_circuit_and_restart_closes_it(stream: StagedStream) -> None:
     server = stream.server
     with JetStreamEventSink.connect(
