@@ -6,9 +6,11 @@ import asyncio
 
 import nats.errors
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from cellos_sink_jetstream import ConfigError, JetStreamEventSink
+from cellos_sink_jetstream import CloudEventV1, ConfigError, InvalidEventError, JetStreamEventSink
 from cellos_sink_jetstream._publisher import (
     EncodedHeaders,
     HeaderTemplate,
@@ -131,3 +133,16 @@ def test_the_expected_stream_header_carries_a_valid_name() -> None:
     with JetStreamEventSink.from_publisher(publisher, "a.b", stream="CELLOS_v-2") as sink:
         sink.emit({"id": "e1", "source": "/t", "type": "t", "specversion": "1.0"})
     assert publisher.received[0][2]["Nats-Expected-Stream"] == "CELLOS_v-2"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=40))
+def test_every_id_the_event_model_accepts_is_sent_as_nats_py_would_send_it(
+    candidate: str,
+) -> None:
+    try:
+        event = CloudEventV1(id=candidate, source="/s", type="t")
+    except InvalidEventError:
+        assume(False)
+    headers = HeaderTemplate(FIXED, "Nats-Msg-Id").fill(event.id)
+    assert written_by_publish_now(headers.wire) == written_by_nats_py(dict(headers))
