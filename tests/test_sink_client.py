@@ -1,0 +1,90 @@
+"""The nats-py client subclass's write path, without a server: when a batch goes out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.aio.client import Client
+
+from cellos_sink_jetstream._publisher import _SinkClient
+
+BLOCK = b"NATS/1.0\r\nNats-Msg-Id: e\r\n\r\n"
+
+
+class FakeSocketTransport:
+    def __init__(self, buffered: int) -> None:
+        self.buffered = buffered
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class FakeNatsTransport:
+    """Stands in for nats-py's TCP transport: records what is written."""
+
+    def __init__(self, buffered: int) -> None:
+        self._io_writer: Any = type("Writer", (), {})()
+        self._io_writer.transport = FakeSocketTransport(buffered)
+        self.written: list[bytes] = []
+
+    def writelines(self, payload: list[bytes]) -> None:
+        self.written.extend(payload)
+
+
+async def client_with(buffered: int, flusher_alive: bool) -> tuple[_SinkClient, FakeNatsTransport]:
+    client = _SinkClient(require_tls=False)
+    client._status = Client.CONNECTED
+    transport = FakeNatsTransport(buffered)
+    client._transport = transport  # type: ignore[assignment]
+    client._flush_queue = asyncio.Queue()
+    if flusher_alive:
+        client._flusher_task = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+    return client, transport
+
+
+def test_a_batch_is_written_at_once_while_the_socket_keeps_up() -> None:
+    async def main() -> None:
+        client, transport = await client_with(buffered=0, flusher_alive=True)
+        for n in range(3):
+            client.publish_now("a.b", f"r.{n}", b"x", BLOCK)
+        assert transport.written == []  # publish_now only buffers
+        client.flush_now()
+        assert [c.split(b" ")[2] for c in transport.written] == [b"r.0", b"r.1", b"r.2"]
+        assert (client._pending, client._pending_data_size) == ([], 0)
+        assert client._flush_queue is not None
+        assert client._flush_queue.empty()
+        client.flush_now()  # nothing buffered: nothing written
+        assert len(transport.written) == 3
+        assert client._flusher_task is not None
+        client._flusher_task.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_backed_up_socket_leaves_the_batch_to_nats_pys_flusher() -> None:
+    async def main() -> None:
+        client, transport = await client_with(buffered=70_000, flusher_alive=True)
+        client.publish_now("a.b", "r.0", b"x", BLOCK)
+        client.flush_now()
+        client.publish_now("a.b", "r.1", b"x", BLOCK)
+        client.flush_now()
+        assert transport.written == []
+        assert len(client._pending) == 2  # in order, for the flusher
+        assert client._flush_queue is not None
+        assert client._flush_queue.qsize() == 1
+        assert client._flusher_task is not None
+        client._flusher_task.cancel()
+
+    asyncio.run(main())
+
+
+def test_without_a_flusher_the_batch_is_written_at_once() -> None:
+    async def main() -> None:
+        client, transport = await client_with(buffered=70_000, flusher_alive=False)
+        client.publish_now("a.b", "r.0", b"x", BLOCK)
+        client.flush_now()
+        assert len(transport.written) == 1
+        assert client._pending == []
+
+    asyncio.run(main())
