@@ -52,8 +52,6 @@ class PublishRequest:
     __slots__ = (
         "ack_token",
         "deadline",
-        "deadline_slot",
-        "expired",
         "headers",
         "payload",
         "subject",
@@ -75,11 +73,8 @@ class PublishRequest:
         self.deadline = deadline
         #: The submitter's own data, handed back to the outcome hook.
         self.tag = tag
-        #: Set by the runner when the deadline passed before the ack arrived.
-        self.expired = False
-        # The runner's bookkeeping while the ack is awaited on the pipelined path.
+        # The publisher's token for the ack awaited on the pipelined path.
         self.ack_token = 0
-        self.deadline_slot = 0
 
     def claim(self) -> bool:
         """Called once, just before sending: ``False`` when the caller already gave up."""
@@ -495,26 +490,24 @@ class LoopRunner:
         # Deadlines are rounded up to the next slot of _DEADLINE_SLOT_SECONDS and share
         # that slot's timer: an ack is given up at most one slot late, and a publish costs
         # a set entry rather than a timer of its own.
-        slot = math.ceil(request.deadline / _DEADLINE_SLOT_SECONDS)
+        slot = _deadline_slot(request.deadline)
         watched = self._deadline_slots.get(slot)
         if watched is None:
             watched = self._deadline_slots[slot] = set()
             # The loop's clock is time.monotonic(), the clock of request.deadline.
             self._loop_or_fail().call_at(slot * _DEADLINE_SLOT_SECONDS, self._expire_slot, slot)
         watched.add(request)
-        request.deadline_slot = slot
 
     def _expire_slot(self, slot: int) -> None:
         for request in self._deadline_slots.pop(slot, ()):
             self._forget(request.ack_token)
-            request.expired = True
             self._finish(request, error=_ack_timeout())
 
     def _on_ack(
         self, request: PublishRequest, ack: Optional[PubAck], error: Optional[BaseException]
     ) -> None:
         # The publisher's listener, on the loop thread: the pipelined path's outcome.
-        watched = self._deadline_slots.get(request.deadline_slot)
+        watched = self._deadline_slots.get(_deadline_slot(request.deadline))
         if watched is not None:
             watched.discard(request)
         if error is None:
@@ -589,8 +582,11 @@ class LoopRunner:
         task = asyncio.current_task()
         assert task is not None
 
+        expired = False
+
         def expire() -> None:
-            request.expired = True
+            nonlocal expired
+            expired = True
             task.cancel()
 
         # One timer instead of asyncio.wait_for, which costs an extra task per publish.
@@ -606,7 +602,7 @@ class LoopRunner:
             self._finish(
                 request,
                 error=_ack_timeout()
-                if request.expired
+                if expired
                 else SinkClosedError("the sink closed before the ack"),
             )
         except Exception as exc:
@@ -650,6 +646,10 @@ def _ack_timeout() -> PublishTimeoutError:
         "no JetStream ack within the publish timeout; the event may still be stored, "
         "re-emit it (same id) to be sure"
     )
+
+
+def _deadline_slot(deadline: float) -> int:
+    return math.ceil(deadline / _DEADLINE_SLOT_SECONDS)
 
 
 def _forget_nothing(token: int) -> None:
