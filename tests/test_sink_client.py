@@ -39,7 +39,8 @@ async def client_with(buffered: int, flusher_alive: bool) -> tuple[_SinkClient, 
     client._transport = transport  # type: ignore[assignment]
     client._flush_queue = asyncio.Queue()
     if flusher_alive:
-        client._flusher_task = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+        # A flusher that is alive and idle: a task that waits forever.
+        client._flusher_task = asyncio.get_running_loop().create_task(asyncio.Event().wait())
     return client, transport
 
 
