@@ -47,6 +47,7 @@ from ._publisher import (
 )
 from ._runner import BlockingRequest, FutureRequest, LoopRunner, PublishRequest
 from ._subject import TENANT_ID_PLACEHOLDER, resolve_tenant_subject, validate_subject_template
+from ._trace import trace_stamper
 
 __all__ = ["EventLike", "EventSink", "JetStreamEventSink", "NoopEventSink", "SinkStats"]
 
@@ -176,9 +177,12 @@ class JetStreamEventSink:
         retry_attempts: int = 3,
         clock: Optional[Callable[[], float]] = None,
         on_transition: Optional[TransitionCallback] = None,
+        trace_context: bool = True,
     ) -> None:
         """Use :meth:`connect`, :meth:`connect_with_root_ca` or :meth:`from_publisher`."""
         validate_subject_template(subject)
+        if not isinstance(trace_context, bool):
+            raise ConfigError(f"trace_context must be True or False, got {trace_context!r}")
         if stream is not None and (
             not isinstance(stream, str) or not _STREAM_NAME_RE.fullmatch(stream)
         ):
@@ -202,6 +206,8 @@ class JetStreamEventSink:
         if stream is not None:
             fixed_headers[HEADER_EXPECTED_STREAM] = stream
         self._headers = HeaderTemplate(fixed_headers, HEADER_MSG_ID)
+        # None unless opentelemetry-api is installed and trace_context is on.
+        self._stamp_trace = trace_stamper() if trace_context else None
         self._user_on_transition = on_transition
         self._breaker = CircuitBreaker(clock, on_transition=self._on_transition)
         self._lock = threading.Lock()
@@ -238,7 +244,8 @@ class JetStreamEventSink:
                 ``publish_timeout`` (5 s), ``connect_timeout`` (5 s), ``max_in_flight``
                 (256), ``max_queue`` (8192), ``retry_attempts`` (3), ``on_transition``
                 (``callback(old_state, new_state)``), ``clock`` (breaker clock), ``name``
-                (client name), ``reconnect_time_wait`` (0.25 s).
+                (client name), ``reconnect_time_wait`` (0.25 s), ``trace_context`` (True:
+                add the caller's OpenTelemetry span as ``traceparent``/``tracestate``).
 
         Raises:
             ConfigError: a bad argument or environment variable.
@@ -391,6 +398,8 @@ class JetStreamEventSink:
     def _prepare(self, event: EventLike, runner: LoopRunner) -> tuple[str, bytes, EncodedHeaders]:
         if not isinstance(event, CloudEventV1):
             event = coerce_event(event)
+        if self._stamp_trace is not None:
+            event = self._stamp_trace(event)
         payload = event.to_json()
         subject = (
             self._settings.subject
