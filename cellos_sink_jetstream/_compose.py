@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,11 +22,17 @@ def build_primary_event_sink(
 ) -> EventSink:
     """Build the supervisor's primary sink from the environment.
 
-    - ``CELL_OS_USE_NOOP_SINK`` truthy: a :class:`NoopEventSink`, without connecting.
+    - ``CELL_OS_USE_NOOP_SINK`` truthy: a :class:`NoopEventSink`, without connecting (this
+      wins over ``CELL_OS_REQUIRE_JETSTREAM``; with both set, the choice is announced).
     - Otherwise connect to ``NATS_URL`` (default ``nats://127.0.0.1:4222``), over TLS with
       ``NATS_CA_FILE`` when set, within ``connect_timeout`` (default 5 s).
-    - If that fails: log a warning and return a :class:`NoopEventSink`, unless
-      ``CELL_OS_REQUIRE_JETSTREAM`` is truthy, then raise :class:`ConnectError`.
+    - If that fails: announce that events will be dropped and return a
+      :class:`NoopEventSink`, unless ``CELL_OS_REQUIRE_JETSTREAM`` is truthy, then raise
+      :class:`ConnectError`.
+
+    An announcement is one WARNING record on the ``cellos_sink_jetstream`` logger when the
+    program configured logging (a handler on the root or the package logger), else one line
+    on stderr: never both, never neither. The no-op sink's ``reason`` says the same.
 
     Both flags are read (and validated) before connecting: a value that is not a boolean
     raises :class:`ConfigError` naming the variable. ``options`` go to
@@ -33,9 +40,17 @@ def build_primary_event_sink(
     """
     use_noop = env_flag(env, ENV_USE_NOOP_SINK)
     require = env_flag(env, ENV_REQUIRE_JETSTREAM)
+    if use_noop and require:
+        reason = (
+            f"{ENV_USE_NOOP_SINK} and {ENV_REQUIRE_JETSTREAM} are both set; the no-op opt-in"
+            f" wins, so JetStream was not tried"
+        )
+        _announce(f"{reason}; unset {ENV_USE_NOOP_SINK} to require JetStream instead")
+        return NoopEventSink(reason=reason)
     if use_noop:
-        logger.info("%s is set: events go to the no-op sink", ENV_USE_NOOP_SINK)
-        return NoopEventSink()
+        reason = f"{ENV_USE_NOOP_SINK} is set"
+        logger.info("%s: events go to the no-op sink", reason)
+        return NoopEventSink(reason=reason)
     try:
         return JetStreamEventSink.connect(None, subject, env=env, **options)
     except ConnectError as exc:
@@ -43,11 +58,33 @@ def build_primary_event_sink(
             raise ConnectError(
                 f"{exc} ({ENV_REQUIRE_JETSTREAM} is set, so startup fails)"
             ) from None
-        logger.warning(
-            "JetStream unreachable, events go to the no-op sink: %s (set %s=1 to fail instead;"
-            " %s picks the server)",
-            exc,
-            ENV_REQUIRE_JETSTREAM,
-            ENV_NATS_URL,
+        # ConnectError messages show URLs redacted, never a credential.
+        reason = f"JetStream unreachable at startup: {exc}"
+        _announce(
+            f"{reason}; set {ENV_REQUIRE_JETSTREAM}=1 to make startup fail instead"
+            f" ({ENV_NATS_URL} picks the server)"
         )
-        return NoopEventSink()
+        return NoopEventSink(reason=reason)
+
+
+def _announce(detail: str) -> None:
+    """Say once, where the operator will see it, that events are about to be dropped."""
+    message = f"events will be dropped (no-op sink): {detail}"
+    if _logging_configured():
+        logger.warning("%s", message)
+        return
+    # A library must not configure logging, but a silent data sink is worse: with no
+    # handler anywhere, a WARNING would vanish into the package's NullHandler.
+    stream = sys.stderr
+    if stream is None:  # pythonw and daemons without a stderr
+        return
+    try:
+        stream.write(f"cellos_sink_jetstream: {' '.join(message.split())}\n")
+        stream.flush()
+    except (OSError, ValueError):  # closed or broken stderr: nothing more can be done
+        pass
+
+
+def _logging_configured() -> bool:
+    handlers = [*logging.getLogger().handlers, *logger.handlers]
+    return any(not isinstance(handler, logging.NullHandler) for handler in handlers)

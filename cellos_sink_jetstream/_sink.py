@@ -85,14 +85,44 @@ class EventSink(Protocol):
 
 
 class NoopEventSink:
-    """The fallback sink: accepts every event and drops it.
+    """The fallback sink: accepts every event and drops it, counting what it dropped.
 
     The supervisor degrades to it when JetStream is unreachable at startup (unless
-    ``CELL_OS_REQUIRE_JETSTREAM`` is set) or when ``CELL_OS_USE_NOOP_SINK`` asks for it.
+    ``CELL_OS_REQUIRE_JETSTREAM`` is set) or when ``CELL_OS_USE_NOOP_SINK`` asks for it;
+    :attr:`reason` says which, and :meth:`stats` how many events went nowhere.
     """
 
+    def __init__(self, *, reason: str = "created directly") -> None:
+        """Create a no-op sink; ``reason`` says why it is used (shown, so never a secret)."""
+        self._reason = reason
+        self._dropped = 0
+        self._lock = threading.Lock()
+
+    @property
+    def reason(self) -> str:
+        """Why this sink was chosen (the env opt-in, or the redacted connect error)."""
+        return self._reason
+
     def emit(self, event: CloudEventV1) -> None:
-        """Drop ``event``."""
+        """Drop ``event`` (counted in :meth:`stats` as ``dropped``)."""
+        with self._lock:
+            self._dropped += 1
+
+    def stats(self) -> SinkStats:
+        """The same counters as :meth:`JetStreamEventSink.stats`: every emit is ``dropped``."""
+        with self._lock:
+            dropped = self._dropped
+        return SinkStats(
+            published=0,
+            duplicates=0,
+            failed=0,
+            fast_failed=0,
+            probes=0,
+            breaker_openings=0,
+            in_flight=0,
+            queue_depth=0,
+            dropped=dropped,
+        )
 
     def close(self) -> None:
         """Do nothing."""
@@ -104,7 +134,7 @@ class NoopEventSink:
         self.close()
 
     def __repr__(self) -> str:
-        return "NoopEventSink()"
+        return f"NoopEventSink(reason={self._reason!r})"
 
 
 @dataclass(frozen=True)
@@ -120,6 +150,7 @@ class SinkStats:
         breaker_openings: Times the circuit went from ``Connected`` to ``Reconnecting``.
         in_flight: Events queued or awaiting their ack right now.
         queue_depth: Events waiting in the queue right now.
+        dropped: Events accepted and thrown away (only :class:`NoopEventSink` drops).
     """
 
     published: int
@@ -130,6 +161,7 @@ class SinkStats:
     breaker_openings: int
     in_flight: int
     queue_depth: int
+    dropped: int = 0
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
 from cellos_sink_jetstream import (
+    CloudEventV1,
     ConfigError,
     ConnectError,
     JetStreamEventSink,
     NoopEventSink,
+    SinkStats,
     build_primary_event_sink,
     redact_url,
 )
@@ -172,3 +178,162 @@ def test_redact_url(url: str, shown: str) -> None:
 def test_bad_options_are_config_errors_naming_the_option(option: str, value: object) -> None:
     with pytest.raises(ConfigError, match=option):
         JetStreamEventSink.connect(unreachable_url(), "a.b", **{option: value})
+
+
+# -- the no-op fallback says why, and is seen ---------------------------------------------
+
+_BUILD_AND_REPORT = """
+import sys
+from cellos_sink_jetstream import build_primary_event_sink
+if sys.argv[1] == "logging":
+    import logging
+    logging.basicConfig(format="LOGGED %(levelname)s %(name)s: %(message)s")
+sink = build_primary_event_sink("a.b", connect_timeout=1.0)
+sink.emit({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"})
+sink.emit({"specversion": "1.0", "id": "2", "source": "/s", "type": "t"})
+print(type(sink).__name__, sink.stats().dropped)
+print(sink.reason)
+"""
+
+
+def _build_in_child(env: dict[str, str], mode: str) -> subprocess.CompletedProcess[str]:
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "CELL_OS_"))}
+    return subprocess.run(
+        [sys.executable, "-c", _BUILD_AND_REPORT, mode],
+        env={**child_env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def test_noop_sink_counts_every_emit_as_dropped_and_says_why() -> None:
+    sink = NoopEventSink(reason="testing")
+    event = CloudEventV1.create("t", "/s")
+    for _ in range(3):
+        sink.emit(event)
+    assert sink.stats() == SinkStats(
+        published=0,
+        duplicates=0,
+        failed=0,
+        fast_failed=0,
+        probes=0,
+        breaker_openings=0,
+        in_flight=0,
+        queue_depth=0,
+        dropped=3,
+    )
+    assert sink.reason == "testing"
+    assert "testing" in repr(sink)
+    assert NoopEventSink().stats().dropped == 0
+
+
+def test_noop_sink_counts_emits_from_many_threads() -> None:
+    sink = NoopEventSink()
+    event = CloudEventV1.create("t", "/s")
+
+    def emit_many() -> None:
+        for _ in range(1000):
+            sink.emit(event)
+
+    threads = [threading.Thread(target=emit_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sink.stats().dropped == 8000
+
+
+def test_degrading_without_logging_prints_one_stderr_line() -> None:
+    url = unreachable_url().replace("nats://", "nats://svc:hunter2@")
+    result = _build_in_child({"NATS_URL": url}, "plain")
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "events will be dropped" in lines[0]
+    assert "could not connect" in lines[0]
+    assert "CELL_OS_REQUIRE_JETSTREAM=1" in lines[0]
+    assert "hunter2" not in result.stderr + result.stdout
+    summary, reason = result.stdout.splitlines()
+    assert summary == "NoopEventSink 2"
+    assert "could not connect" in reason
+    assert "***@127.0.0.1" in reason
+
+
+def test_degrading_with_logging_configured_logs_one_warning_and_prints_nothing_else() -> None:
+    result = _build_in_child({"NATS_URL": unreachable_url()}, "logging")
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("LOGGED WARNING cellos_sink_jetstream: events will be dropped")
+    assert "CELL_OS_REQUIRE_JETSTREAM=1" in lines[0]
+
+
+def test_degrading_logs_one_warning_record_to_a_configured_handler(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellos_sink_jetstream")
+    sink = build_primary_event_sink("a.b", env={"NATS_URL": unreachable_url()}, connect_timeout=1.0)
+    assert isinstance(sink, NoopEventSink)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "events will be dropped" in warnings[0].getMessage()
+    assert "CELL_OS_REQUIRE_JETSTREAM" in warnings[0].getMessage()
+    assert capsys.readouterr().err == ""
+    assert sink.reason.startswith("JetStream unreachable at startup: could not connect")
+
+
+def test_noop_opt_in_with_require_names_both_variables_on_stderr() -> None:
+    result = _build_in_child(
+        {
+            "NATS_URL": unreachable_url(),
+            "CELL_OS_USE_NOOP_SINK": "1",
+            "CELL_OS_REQUIRE_JETSTREAM": "1",
+        },
+        "plain",
+    )
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "events will be dropped" in lines[0]
+    assert "CELL_OS_USE_NOOP_SINK" in lines[0]
+    assert "CELL_OS_REQUIRE_JETSTREAM" in lines[0]
+    summary, reason = result.stdout.splitlines()
+    assert summary == "NoopEventSink 2"
+    assert "CELL_OS_USE_NOOP_SINK" in reason
+
+
+def test_noop_opt_in_with_require_names_both_variables_in_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellos_sink_jetstream")
+    sink = build_primary_event_sink(
+        "a.b", env={"CELL_OS_USE_NOOP_SINK": "yes", "CELL_OS_REQUIRE_JETSTREAM": "on"}
+    )
+    assert isinstance(sink, NoopEventSink)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "CELL_OS_USE_NOOP_SINK" in warnings[0].getMessage()
+    assert "CELL_OS_REQUIRE_JETSTREAM" in warnings[0].getMessage()
+
+
+def test_noop_opt_in_alone_is_not_announced_as_a_degradation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellos_sink_jetstream")
+    sink = build_primary_event_sink("a.b", env={"CELL_OS_USE_NOOP_SINK": "1"})
+    assert isinstance(sink, NoopEventSink)
+    assert sink.reason == "CELL_OS_USE_NOOP_SINK is set"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_connect_error_from_a_real_server_is_the_reason_redacted(
+    nats_server_factory: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cellos_sink_jetstream")
+    server = nats_server_factory(user="svc", password="s3cr3t-pass-word")
+    wrong = server.url.replace("s3cr3t-pass-word", "wr0ng-pass-word")
+    sink = build_primary_event_sink("a.b", env={"NATS_URL": wrong}, connect_timeout=2.0)
+    assert isinstance(sink, NoopEventSink)
+    assert "could not connect" in sink.reason
+    for text in (sink.reason, caplog.text):
+        assert "s3cr3t-pass-word" not in text
+        assert "wr0ng-pass-word" not in text
