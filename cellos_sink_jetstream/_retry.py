@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable
 from typing import Callable, TypeVar
 
 from ._breaker import backoff_delay
-from ._errors import ConfigError
+from ._errors import CircuitOpenError, ConfigError
 
-__all__ = ["DEFAULT_RETRY_BASE_DELAY", "retry_async", "with_retry"]
+__all__ = ["DEFAULT_RETRY_BASE_DELAY", "DEFAULT_RETRY_MAX_DELAY", "retry_async", "with_retry"]
 
 T = TypeVar("T")
 
 #: Wait after the first failed attempt; doubled after each further one.
 DEFAULT_RETRY_BASE_DELAY = 0.01
-_RETRY_MAX_DELAY = 1.0
+#: Longest single wait of :func:`with_retry`, also when ``CircuitOpenError.retry_after``
+#: asks for more (the breaker's own schedule reaches 180 s).
+DEFAULT_RETRY_MAX_DELAY = 30.0
+# The exponential part stops growing here: it is for blips, not outages (an open circuit
+# says how long to wait through retry_after).
+_BACKOFF_CAP = 1.0
 
 RetryOn = tuple[type[BaseException], ...]
 
@@ -32,24 +38,47 @@ def with_retry(
     *,
     retry_on: RetryOn = (Exception,),
     base_delay: float = DEFAULT_RETRY_BASE_DELAY,
+    max_delay: float = DEFAULT_RETRY_MAX_DELAY,
     sleep: Callable[[float], object] = time.sleep,
 ) -> T:
     """Call ``f()`` up to ``max_attempts`` times and return its first result.
 
-    Between attempts it sleeps ``base_delay * 2 ** n`` (n = 0, 1, ...; at most 1 s).
+    After failure ``n`` (0, 1, ...) it sleeps ``base_delay * 2 ** n`` (at most 1 s), or,
+    after a :class:`CircuitOpenError`, its ``retry_after`` if that is longer (retrying an
+    open circuit sooner would only fail fast again); never longer than ``max_delay``.
     Only exceptions in ``retry_on`` are retried; the last one is re-raised unchanged.
 
-    Example::
+    Example (``publish`` returns the ack; ``emit`` returns ``None``)::
 
-        ack = with_retry(3, lambda: sink.emit(event), retry_on=(CircuitOpenError,))
+        ack = with_retry(3, lambda: sink.publish(event), retry_on=(CircuitOpenError,))
+
+    Retrying ``PublishTimeoutError`` is safe too: the event keeps its id, so JetStream
+    stores it once.
     """
     _check_attempts(max_attempts)
+    _check_delay("base_delay", base_delay)
+    _check_delay("max_delay", max_delay)
     for attempt in range(max_attempts - 1):
         try:
             return f()
-        except retry_on:
-            sleep(backoff_delay(attempt, base_delay, _RETRY_MAX_DELAY))
+        except retry_on as exc:
+            sleep(_delay_after(exc, attempt, base_delay, max_delay))
     return f()
+
+
+def _delay_after(error: BaseException, attempt: int, base: float, cap: float) -> float:
+    delay = backoff_delay(attempt, base, min(cap, _BACKOFF_CAP))
+    if isinstance(error, CircuitOpenError):
+        delay = max(delay, min(error.retry_after, cap))
+    return delay
+
+
+def _check_delay(name: str, value: float) -> None:
+    # "not value >= 0" also catches NaN, which every comparison would silently pass.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if math.isinf(value):
+        raise ConfigError(f"{name} must be finite, got {value!r}")
 
 
 async def retry_async(
@@ -62,7 +91,7 @@ async def retry_async(
 ) -> T:
     """The coroutine counterpart of :func:`with_retry`, used inside the sink's loop.
 
-    Retries while ``retry_if(error)`` is true, with the same backoff. ``first_delay``
+    Retries while ``retry_if(error)`` is true, with the same backoff (at most 1 s). ``first_delay``
     waits ``base_delay`` before the first attempt too: the caller already failed once.
     """
     _check_attempts(max_attempts)
@@ -74,5 +103,5 @@ async def retry_async(
         except Exception as exc:
             if not retry_if(exc):
                 raise
-            await asyncio.sleep(backoff_delay(attempt, base_delay, _RETRY_MAX_DELAY))
+            await asyncio.sleep(backoff_delay(attempt, base_delay, _BACKOFF_CAP))
     return await f()

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from .._errors import CircuitOpenError, PublishError
 from .._event import CloudEventV1
 from .._publisher import PubAck
+from .._retry import with_retry
 from .._sink import JetStreamEventSink
 from ._demo_chaos import ServerRestart
 
-#: How long the producers keep retrying an event before giving up on it.
-DEMO_DEADLINE_SECONDS = 60.0
+#: How often a producer tries an event before giving up on it: with waits of at most
+#: :data:`DEMO_MAX_WAIT_SECONDS`, about a minute.
+DEMO_ATTEMPTS = 120
+DEMO_MAX_WAIT_SECONDS = 0.5
 
 
 @dataclass
@@ -30,21 +32,28 @@ class DemoCounters:
 
 
 def _publish_until_acked(
-    sink: JetStreamEventSink, event: CloudEventV1, counters: DemoCounters, deadline: float
+    sink: JetStreamEventSink, event: CloudEventV1, counters: DemoCounters
 ) -> Optional[PubAck]:
     """Publish ``event`` (same id every time) until JetStream acknowledges it, or give up."""
-    while time.monotonic() < deadline:
+
+    def attempt() -> PubAck:
         try:
             return sink.publish(event)
-        except CircuitOpenError as exc:
+        except CircuitOpenError:
             with counters.lock:
                 counters.fast_fails += 1
-            time.sleep(min(0.5, max(0.01, exc.retry_after)))
+            raise
         except PublishError:
             with counters.lock:
                 counters.retried += 1
-            time.sleep(0.05)
-    return None
+            raise
+
+    try:
+        return with_retry(
+            DEMO_ATTEMPTS, attempt, retry_on=(PublishError,), max_delay=DEMO_MAX_WAIT_SECONDS
+        )
+    except PublishError:
+        return None
 
 
 def _produce_lane(
@@ -52,13 +61,12 @@ def _produce_lane(
     lane: list[CloudEventV1],
     counters: DemoCounters,
     chaos: Optional[ServerRestart],
-    deadline: float,
 ) -> None:
     try:
         for event in lane:
             if chaos is not None:
                 chaos.hold()
-            ack = _publish_until_acked(sink, event, counters, deadline)
+            ack = _publish_until_acked(sink, event, counters)
             with counters.lock:
                 if ack is None:
                     counters.lost += 1
@@ -78,11 +86,10 @@ def run_producers(
     counters: DemoCounters,
     chaos: Optional[ServerRestart],
 ) -> None:
-    deadline = time.monotonic() + DEMO_DEADLINE_SECONDS
     threads = [
         threading.Thread(
             target=_produce_lane,
-            args=(sink, lane, counters, chaos, deadline),
+            args=(sink, lane, counters, chaos),
             name=f"cellos-demo-producer-{number}",
             daemon=True,
         )

@@ -11,7 +11,7 @@ from .._breaker import BreakerState, Connected
 from .._event import CloudEventV1
 from .._sink import SinkStats
 from ._demo_chaos import ServerRestart
-from ._demo_producers import DEMO_DEADLINE_SECONDS, DemoCounters
+from ._demo_producers import DEMO_ATTEMPTS, DemoCounters
 from ._demo_stream import DemoStream
 from ._exit_status import EXIT_OK, CliError
 from ._output import out, plural
@@ -116,7 +116,7 @@ def demo_exit(counters: DemoCounters, verdict: DemoVerdict, chaos: Optional[Serv
         raise CliError(f"chaos: {chaos.error}")
     if counters.lost:
         raise CliError(
-            f"{plural(counters.lost, 'event')} never acknowledged within {DEMO_DEADLINE_SECONDS:g}s"
+            f"{plural(counters.lost, 'event')} never acknowledged in {DEMO_ATTEMPTS} attempts"
         )
     if not verdict.ok:
         raise CliError("the stream does not hold every event exactly once (see above)")

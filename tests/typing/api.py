@@ -53,7 +53,10 @@ def supervisor() -> None:
             pass
         except PublishTimeoutError:
             sink.emit(event)  # same id: deduplicated by JetStream
-        del seq, future, done, stats
+        retried: PubAck = with_retry(
+            3, lambda: sink.publish(event), retry_on=(CircuitOpenError,), max_delay=5.0
+        )
+        del seq, future, done, stats, retried
 
     fallback: EventSink = NoopEventSink()
     fallback.emit(event)
