@@ -10,6 +10,9 @@ States::
 
 ``backoff(attempt) = min(0.1 s * 2 ** attempt, 180 s)``: 0.1, 0.2, 0.4 ... 102.4 s, then 180 s.
 
+Each failure is recorded with its :class:`FailureCause`; ``Reconnecting.cause`` is the
+cause of the one that last moved the breaker.
+
 The breaker does no I/O and knows nothing of NATS or threads beyond one lock that keeps
 its transitions atomic when callers on many threads race. Time comes from an injected
 clock; by default ``time.monotonic`` is looked up at every call so that freezegun can
@@ -21,8 +24,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
+
+from ._errors import FailureCause
 
 __all__ = [
     "BACKOFF_BASE_SECONDS",
@@ -54,10 +59,13 @@ class Reconnecting:
         attempt: How many probes have failed since the circuit opened.
         next_after: When the next probe is allowed, on the breaker's clock
             (``time.monotonic()`` unless a clock was injected).
+        cause: Why the circuit is open: the category of the failure that last moved it.
+            Not part of equality, so ``Reconnecting(0, t)`` matches whatever the cause.
     """
 
     attempt: int
     next_after: float
+    cause: FailureCause = field(default=FailureCause.CONNECTION_DOWN, compare=False)
 
 
 BreakerState = Union[Connected, Reconnecting]
@@ -190,8 +198,14 @@ class CircuitBreaker:
             self._state = _CONNECTED
         self._notify(old, _CONNECTED)
 
-    def record_failure(self, permit: Permit) -> None:
-        """Record that the admitted publish failed for a reason that is not the caller's."""
+    def record_failure(
+        self, permit: Permit, cause: FailureCause = FailureCause.JETSTREAM_UNAVAILABLE
+    ) -> None:
+        """Record that the admitted publish failed for a reason that is not the caller's.
+
+        ``cause`` becomes the ``cause`` of the new ``Reconnecting`` state; a stale failure
+        changes nothing, its cause included.
+        """
         with self._lock:
             old = self._state
             if permit.is_probe:
@@ -203,7 +217,8 @@ class CircuitBreaker:
                 self._generation += 1
             else:
                 return  # A stale failure: the circuit already opened for it.
-            new = Reconnecting(attempt, self.now() + backoff_delay(attempt, self._base, self._cap))
+            delay = backoff_delay(attempt, self._base, self._cap)
+            new = Reconnecting(attempt, self.now() + delay, cause)
             self._state = new
         self._notify(old, new)
 

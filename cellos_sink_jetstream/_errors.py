@@ -12,7 +12,7 @@ Every error the library raises derives from :class:`SinkError`::
     ├── ReentrantEmitError(RuntimeError)   emit() called from the sink's own loop thread
     ├── BackpressureError                  queue / in-flight limit full for longer than allowed
     └── PublishError                       the event was not (known to be) stored
-        ├── CircuitOpenError               fail-fast: NATS is down, retry after `retry_after`
+        ├── CircuitOpenError               fail-fast: the circuit is open (`cause`, `retry_after`)
         ├── PublishTimeoutError(TimeoutError)  no ack in time: the event MAY still be stored
         ├── NoStreamError                  no JetStream stream captures the subject
         └── StreamMismatchError            the ack came from another stream than configured
@@ -21,17 +21,23 @@ Errors of the caller's own making (``ConfigError``, ``InvalidEventError``,
 ``InvalidSubjectError``) also derive from :class:`ValueError`, so code that already
 catches built-ins keeps working. Messages say what happened and what to do, and never
 contain a password, token or key.
+
+A :class:`PublishError` that says NATS is unavailable carries its :class:`FailureCause`
+in :attr:`PublishError.cause`; :class:`CircuitOpenError` carries the cause of the failure
+that last moved the breaker.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
+from typing import TYPE_CHECKING, Optional
 
 __all__ = [
     "BackpressureError",
     "CircuitOpenError",
     "ConfigError",
     "ConnectError",
+    "FailureCause",
     "InvalidEventError",
     "InvalidSubjectError",
     "NoStreamError",
@@ -43,6 +49,62 @@ __all__ = [
     "SinkError",
     "StreamMismatchError",
 ]
+
+
+class FailureCause(str, enum.Enum):
+    """Why NATS could not store an event: the category of a failure that moves the breaker.
+
+    A ``str`` enum, so it compares equal to its value (``cause == "no_stream"``) and
+    prints well in logs and metrics labels.
+    """
+
+    #: The connection to NATS is down (refused, dropped, or nats-py is reconnecting).
+    CONNECTION_DOWN = "connection_down"
+    #: The server is reachable but no JetStream stream captures the subject.
+    NO_STREAM = "no_stream"
+    #: JetStream answered that it cannot store events now (503, not ready, no leader),
+    #: or the reply was not an acknowledgement.
+    JETSTREAM_UNAVAILABLE = "jetstream_unavailable"
+    #: No acknowledgement arrived within the publish timeout.
+    TIMEOUT = "timeout"
+
+    @property
+    def description(self) -> str:
+        """The cause as a phrase for messages, e.g. ``"the connection to NATS is down"``."""
+        return _CAUSE_DESCRIPTIONS[self]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_CAUSE_DESCRIPTIONS = {
+    FailureCause.CONNECTION_DOWN: "the connection to NATS is down",
+    FailureCause.NO_STREAM: "no JetStream stream captures the subject",
+    FailureCause.JETSTREAM_UNAVAILABLE: "JetStream is unavailable",
+    FailureCause.TIMEOUT: "JetStream did not acknowledge in time",
+}
+
+# What to do about each cause, for the message of CircuitOpenError.
+_CAUSE_ADVICE = {
+    FailureCause.CONNECTION_DOWN: "the circuit closes once NATS accepts connections again",
+    FailureCause.NO_STREAM: (
+        "stage a stream whose subjects include it (cellos-jetstream check shows how); the "
+        "circuit closes on the next probe after that"
+    ),
+    FailureCause.JETSTREAM_UNAVAILABLE: "the circuit closes once JetStream stores events again",
+    FailureCause.TIMEOUT: "the circuit closes once JetStream acknowledges in time again",
+}
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration for messages: ``"0.10 s"``, ``"2.5 s"``, ``"51 s"``, ``"3 min"``."""
+    if seconds < 1.0:
+        return f"{seconds:.2f} s"
+    if seconds < 10.0:
+        return f"{seconds:.1f} s"
+    if seconds < 120.0:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
 
 
 class SinkError(Exception):
@@ -107,23 +169,47 @@ class BackpressureError(SinkError):
 
 
 class PublishError(SinkError):
-    """JetStream did not confirm that the event was stored."""
+    """JetStream did not confirm that the event was stored.
+
+    Args:
+        message: What happened and what to do.
+        cause: The failure's category when it says NATS is unavailable; ``None`` (the
+            default) when it concerns this event only.
+    """
+
+    # A class-level default: subclasses with a fixed cause set it here, and errors
+    # raised without one need no attribute of their own.
+    _cause: Optional[FailureCause] = None
+
+    def __init__(self, message: str, *, cause: Optional[FailureCause] = None) -> None:
+        super().__init__(message)
+        if cause is not None:
+            self._cause = cause
+
+    @property
+    def cause(self) -> Optional[FailureCause]:
+        """The failure's category (:class:`FailureCause`), or ``None`` when it has none."""
+        return self._cause
 
 
 class CircuitOpenError(PublishError):
-    """Fast failure: the breaker is open because NATS looked unreachable.
+    """Fast failure: the breaker is open because publishing to NATS failed.
 
-    Nothing was sent. Retry after :attr:`retry_after` seconds, or hand the event to a
-    fallback (a dead-letter file, for example).
+    Nothing was sent. :attr:`cause` says why the circuit is open; retry after
+    :attr:`retry_after` seconds, or hand the event to a fallback (a dead-letter file, for
+    example).
     """
 
     # No Python-level __init__ and a message formatted only when shown: this error is
     # raised on the fast-fail path, whose cost is a few hundred nanoseconds.
-    args: tuple[int, float]
+    args: tuple[int, float, FailureCause]
 
-    if TYPE_CHECKING:  # the C-level BaseException.__init__ does the work at run time
+    if TYPE_CHECKING:
 
-        def __init__(self, attempt: int, retry_after: float) -> None: ...
+        def __init__(self, attempt: int, retry_after: float, cause: FailureCause) -> None: ...
+
+    else:  # the C-level BaseException.__init__ does the work at run time
+        __init__ = Exception.__init__
 
     @property
     def attempt(self) -> int:
@@ -135,10 +221,23 @@ class CircuitOpenError(PublishError):
         """Seconds until the next probe is allowed (0.0 when a probe is due or running)."""
         return self.args[1]
 
+    @property
+    def cause(self) -> FailureCause:
+        """Why the circuit is open: the category of the failure that last moved it."""
+        return self.args[2]
+
     def __str__(self) -> str:
+        cause = self.cause
+        retry_after = self.retry_after
+        when = (
+            f"next probe in {format_seconds(retry_after)}"
+            if retry_after > 0
+            else "a probe is due or running"
+        )
+        probes = f"; {self.attempt} probe(s) failed" if self.attempt else ""
         return (
-            f"NATS JetStream is unreachable (reconnect attempt {self.attempt}); the event was "
-            f"not sent, retry in {self.retry_after:.3f}s or spill it to a fallback sink"
+            f"circuit open: {cause.description}{probes}; the event was not sent. {when}: "
+            f"retry then, or spill it to a fallback sink; {_CAUSE_ADVICE[cause]}"
         )
 
 
@@ -147,11 +246,17 @@ class PublishTimeoutError(PublishError, TimeoutError):
 
     The event may still have been stored. Re-emitting the same event (same ``id``) within
     the stream's duplicate window is safe: JetStream deduplicates it by ``Nats-Msg-Id``.
+    Its :attr:`cause` is ``TIMEOUT``, or ``CONNECTION_DOWN`` when the connection dropped
+    before the ack.
     """
+
+    _cause = FailureCause.TIMEOUT
 
 
 class NoStreamError(PublishError):
     """No JetStream stream captures the subject (the server answered "no responders")."""
+
+    _cause = FailureCause.NO_STREAM
 
 
 class StreamMismatchError(PublishError):

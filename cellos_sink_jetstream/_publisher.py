@@ -24,6 +24,7 @@ from typing_extensions import Protocol, runtime_checkable
 from ._config import scrub, secrets_in
 from ._errors import (
     ConnectError,
+    FailureCause,
     NoStreamError,
     PayloadTooLargeError,
     PublishError,
@@ -56,14 +57,17 @@ _CLOSE_TIMEOUT_SECONDS = 2.0
 _CAN_SKIP_SUBJECT_VALIDATION = (
     "skip_subject_validation" in inspect.signature(Client.connect).parameters
 )
-# nats-py's errors for "not written: no usable connection right now".
-_CONNECTION_DOWN = (
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.errors.ConnectionDrainingError,
-)
+# nats-py's errors for "not written: no usable connection right now", in NATS terms.
+_CONNECTION_DOWN: dict[type[Exception], str] = {
+    # publish_now raises it whenever the client is not connected (see there).
+    nats.errors.OutboundBufferLimitError: "the connection to NATS is down and the client "
+    "is reconnecting",
+    nats.errors.ConnectionClosedError: "the connection to NATS is closed",
+    nats.errors.ConnectionReconnectingError: "the client is reconnecting to NATS",
+    nats.errors.StaleConnectionError: "the connection to NATS went stale (the server stopped "
+    "answering pings)",
+    nats.errors.ConnectionDrainingError: "the connection to NATS is draining before it closes",
+}
 
 logger = logging.getLogger("cellos_sink_jetstream")
 
@@ -454,9 +458,12 @@ class NatsPublisher:
             self._pending.pop(token, None)
             if isinstance(exc, nats.errors.MaxPayloadError):
                 raise PayloadTooLargeError(len(payload), self.max_payload) from None
-            if isinstance(exc, _CONNECTION_DOWN):
+            what = _connection_down(exc)
+            if what is not None:
                 raise PublishError(
-                    f"NATS connection is down ({type(exc).__name__}); the event was not sent"
+                    f"{what}; the event was not sent. Re-emit it once NATS is back (the "
+                    f"circuit breaker fails fast meanwhile) or spill it to a fallback sink",
+                    cause=FailureCause.CONNECTION_DOWN,
                 ) from None
             raise
         return token
@@ -534,7 +541,8 @@ class NatsPublisher:
                 None,
                 PublishTimeoutError(
                     "the connection to NATS dropped before the ack arrived; the event may "
-                    "have been stored, re-emit it (same id) to be sure"
+                    "have been stored, re-emit it (same id) to be sure",
+                    cause=FailureCause.CONNECTION_DOWN,
                 ),
             )
 
@@ -547,6 +555,14 @@ class NatsPublisher:
         self._closing = True
         self._abandon_in_flight()
         await _close_quietly(self._nc)
+
+
+def _connection_down(exc: BaseException) -> Optional[str]:
+    """What a nats-py "no usable connection" error means, or ``None`` for other errors."""
+    for kind, what in _CONNECTION_DOWN.items():
+        if isinstance(exc, kind):
+            return what
+    return None
 
 
 def _refuse_unheard_ack(

@@ -663,7 +663,14 @@ def _flush_nothing() -> None:
 def _as_sink_error(error: BaseException) -> BaseException:
     if isinstance(error, SinkError):
         return error
-    return PublishError(f"publishing failed unexpectedly: {type(error).__name__}")
+    logger.warning("publishing failed unexpectedly; the event was not sent", exc_info=error)
+    kind = type(error)
+    # A nats-py class name means nothing to the caller; a publisher's own error might.
+    what = "an error in the NATS client" if kind.__module__.startswith("nats") else kind.__name__
+    return PublishError(
+        f"publishing failed unexpectedly ({what}, logged by 'cellos_sink_jetstream'); the "
+        f"event was not sent, re-emit it"
+    )
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -27,11 +27,13 @@ from ._config import ENV_CA_FILE, redact_url, resolve_servers
 from ._errors import (
     CircuitOpenError,
     ConfigError,
+    FailureCause,
     PayloadTooLargeError,
     PublishError,
     PublishTimeoutError,
     ReentrantEmitError,
     SinkClosedError,
+    format_seconds,
 )
 from ._event import CloudEventV1, coerce_event
 from ._publisher import (
@@ -407,9 +409,12 @@ class JetStreamEventSink:
         permit = breaker.admit()
         if permit is None:
             state = breaker.state
-            raise CircuitOpenError(
-                state.attempt if isinstance(state, Reconnecting) else 0, breaker.retry_after()
-            )
+            if isinstance(state, Reconnecting):
+                raise CircuitOpenError(state.attempt, breaker.retry_after(), state.cause)
+            # A probe closed the circuit since admit() refused: ask once more.
+            permit = breaker.admit()
+            if permit is None:
+                raise CircuitOpenError(0, 0.0, FailureCause.JETSTREAM_UNAVAILABLE)
         try:
             runner = self._current_runner()
             _refuse_reentrant_emit(runner)
@@ -459,7 +464,7 @@ class JetStreamEventSink:
             self._breaker.record_success(permit)
         elif isinstance(error, PublishError):
             self._failed += 1
-            self._breaker.record_failure(permit)
+            self._breaker.record_failure(permit, error.cause or FailureCause.JETSTREAM_UNAVAILABLE)
         else:  # given up, the caller's own error, or closing: nothing learned about NATS
             self._failed += 1
             self._breaker.release(permit)
@@ -505,17 +510,19 @@ class JetStreamEventSink:
         elif isinstance(old, Connected):
             self._openings += 1
             logger.warning(
-                "circuit opened: publishing to NATS JetStream at %s failed; emits fail fast, "
-                "next probe in %.3gs",
+                "circuit opened: publishing to NATS JetStream at %s failed (%s); emits fail "
+                "fast, next probe in %s",
                 self._display_url,
-                new.next_after - self._breaker.now(),
+                new.cause.description,
+                format_seconds(new.next_after - self._breaker.now()),
             )
         else:
             logger.info(
-                "probe %d to NATS JetStream at %s failed; next probe in %.3gs",
+                "probe %d to NATS JetStream at %s failed (%s); next probe in %s",
                 new.attempt,
                 self._display_url,
-                new.next_after - self._breaker.now(),
+                new.cause.description,
+                format_seconds(new.next_after - self._breaker.now()),
             )
         if self._user_on_transition is not None:
             try:

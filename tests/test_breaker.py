@@ -8,6 +8,7 @@ import time
 import pytest
 from freezegun import freeze_time
 
+from cellos_sink_jetstream import FailureCause
 from cellos_sink_jetstream._breaker import (
     CircuitBreaker,
     Connected,
@@ -200,3 +201,23 @@ def test_reset_forgets_an_open_circuit_and_a_running_probe() -> None:
     assert not permit.is_probe
     breaker.record_success(stale_probe)  # the parent's probe, recorded late: harmless
     assert breaker.state == Connected()
+
+
+def test_the_state_carries_the_cause_of_the_failure_that_last_moved_it() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock)
+    first, stale = breaker.admit(), breaker.admit()
+    assert first is not None
+    assert stale is not None
+    breaker.record_failure(first, FailureCause.NO_STREAM)
+    state = breaker.state
+    assert isinstance(state, Reconnecting)
+    assert state.cause is FailureCause.NO_STREAM
+    breaker.record_failure(stale, FailureCause.TIMEOUT)
+    assert breaker.state.cause is FailureCause.NO_STREAM, "a stale failure moves nothing"  # type: ignore[union-attr]
+    clock.advance(0.1)
+    probe = breaker.admit()
+    assert probe is not None
+    breaker.record_failure(probe, FailureCause.CONNECTION_DOWN)
+    assert breaker.state == Reconnecting(1, pytest.approx(clock.now + 0.2))
+    assert breaker.state.cause is FailureCause.CONNECTION_DOWN  # type: ignore[union-attr]

@@ -17,6 +17,7 @@ from cellos_sink_jetstream import (
     CloudEventV1,
     Connected,
     ConnectError,
+    FailureCause,
     JetStreamEventSink,
     NoStreamError,
     PayloadTooLargeError,
@@ -123,6 +124,59 @@ def test_subject_without_stream_fails_with_no_stream_error_quickly(stream: Stage
         with pytest.raises(NoStreamError, match="no JetStream stream captures"):
             sink.emit(event(1))
         assert time.monotonic() - started < 3
+
+
+def test_a_missing_stream_is_named_as_the_cause_of_the_open_circuit(
+    stream: StagedStream,
+) -> None:
+    with JetStreamEventSink.connect(stream.url, "nobody.listens.here", publish_timeout=3) as sink:
+        with pytest.raises(NoStreamError) as first:
+            sink.emit(event(1))
+        assert first.value.cause is FailureCause.NO_STREAM
+        with pytest.raises(CircuitOpenError) as refused:
+            sink.emit(event(2))
+    assert refused.value.cause is FailureCause.NO_STREAM
+    assert "no JetStream stream captures the subject" in str(refused.value)
+    assert "unreachable" not in str(refused.value)
+
+
+def _nats_py_class_names() -> set[str]:
+    import nats.errors
+    import nats.js.errors
+
+    return {
+        name
+        for module in (nats.errors, nats.js.errors)
+        for name, value in vars(module).items()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    }
+
+
+def test_a_stopped_server_is_named_as_the_cause_in_nats_terms(stream: StagedStream) -> None:
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("down"), publish_timeout=2.0, retry_attempts=1
+    ) as sink:
+        sink.emit(event(0))
+        stream.server.stop()
+        failures: list[PublishError] = []
+        for n in range(1, 10):
+            try:
+                sink.emit(event(n))
+            except CircuitOpenError as exc:
+                refused = exc
+                break
+            except PublishError as exc:
+                failures.append(exc)
+        else:
+            raise AssertionError(f"the circuit never opened: {failures}")
+    assert failures, "the first emit after the stop should have failed, not been refused"
+    assert refused.cause is FailureCause.CONNECTION_DOWN
+    assert "the connection to NATS is down" in str(refused)
+    for error in (*failures, refused):
+        assert error.cause is FailureCause.CONNECTION_DOWN, error
+        message = str(error)
+        named = {name for name in _nats_py_class_names() if name in message}
+        assert not named, f"{message!r} names nats-py classes {named}"
 
 
 def test_expected_stream_mismatch_is_an_error(stream: StagedStream) -> None:

@@ -17,9 +17,11 @@ from cellos_sink_jetstream import (
     CircuitOpenError,
     CloudEventV1,
     Connected,
+    FailureCause,
     InvalidEventError,
     InvalidSubjectError,
     JetStreamEventSink,
+    NoStreamError,
     PayloadTooLargeError,
     PubAck,
     PublishError,
@@ -467,3 +469,60 @@ def test_the_loop_thread_never_blocks_on_a_slow_caller(gated: Any) -> None:
         publisher.next_call().ack()
     done, _ = concurrent.futures.wait(futures, 5)
     assert len(done) == 3
+
+
+@pytest.mark.parametrize(
+    ("error", "cause", "said"),
+    [
+        (NoStreamError("no stream"), FailureCause.NO_STREAM, "no JetStream stream captures"),
+        (
+            PublishTimeoutError("no ack"),
+            FailureCause.TIMEOUT,
+            "JetStream did not acknowledge in time",
+        ),
+        (
+            PublishError("down", cause=FailureCause.CONNECTION_DOWN),
+            FailureCause.CONNECTION_DOWN,
+            "the connection to NATS is down",
+        ),
+        (PublishError("refused"), FailureCause.JETSTREAM_UNAVAILABLE, "JetStream is unavailable"),
+    ],
+)
+def test_circuit_open_error_names_the_cause_and_the_time_to_the_next_probe(
+    gated: Any, clock: FakeClock, error: PublishError, cause: FailureCause, said: str
+) -> None:
+    sink, publisher = gated
+    pending = in_thread(lambda: sink.emit(make_event(999)))
+    publisher.next_call().fail(error)
+    with pytest.raises(PublishError):
+        pending.result(5)
+    with pytest.raises(CircuitOpenError) as info:
+        sink.emit(make_event(1))
+    assert info.value.cause is cause
+    assert sink.debug_state().cause is cause  # type: ignore[union-attr]
+    message = str(info.value)
+    assert said in message
+    assert "unreachable" not in message
+    assert "next probe in 0.10 s" in message
+    clock.now += 0.1
+    probe = sink.emit_nowait(make_event(2))
+    with pytest.raises(CircuitOpenError) as due:
+        sink.emit(make_event(3))  # the first took the probe
+    assert "a probe is due or running" in str(due.value)
+    publisher.next_call().ack()
+    assert probe.result(5).seq == 1
+
+
+def test_publish_errors_carry_a_cause_only_when_they_say_nats_is_unavailable() -> None:
+    assert NoStreamError("x").cause is FailureCause.NO_STREAM
+    assert PublishTimeoutError("x").cause is FailureCause.TIMEOUT
+    assert PublishTimeoutError("x", cause=FailureCause.CONNECTION_DOWN).cause is (
+        FailureCause.CONNECTION_DOWN
+    )
+    assert PublishError("x").cause is None
+    assert FailureCause.NO_STREAM == "no_stream"
+    assert str(FailureCause.CONNECTION_DOWN) == "connection_down"
+    error = CircuitOpenError(2, 51.2, FailureCause.TIMEOUT)
+    assert (error.attempt, error.retry_after, error.cause) == (2, 51.2, FailureCause.TIMEOUT)
+    assert "next probe in 51 s" in str(error)
+    assert "2 probe(s) failed" in str(error)
