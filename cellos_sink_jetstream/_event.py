@@ -709,6 +709,23 @@ class CloudEventV1:
             )
         return cls.from_dict(parsed)
 
+    @classmethod
+    def from_nats_message(
+        cls, headers: Mapping[str, str] | None, body: bytes | bytearray | memoryview
+    ) -> CloudEventV1:
+        """Read an event from a NATS message's headers and body, in either content mode.
+
+        Structured mode (``Content-Type: application/cloudevents+json``, or no ``ce-``
+        headers) reads the body as :meth:`from_json` does; binary mode reads the ``ce-``
+        headers of the NATS protocol binding and the body as the data. See
+        ``cellos_sink_jetstream._binary_mode.from_nats_message`` for the details.
+        """
+        # Deferred: the binding knows NATS header names; this module stays pure.
+        from ._binary_mode import from_nats_message  # noqa: PLC0415
+
+        event = from_nats_message(headers, body)
+        return event if type(event) is cls else cls.from_dict(event.to_dict())
+
 
 def _decode_base64(value: object) -> bytes:
     if not isinstance(value, str):

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from typing_extensions import Protocol, Self, runtime_checkable
 
+from ._binary_mode import CONTENT_MODES, BinaryEncoder
 from ._breaker import BreakerState, CircuitBreaker, Connected, Permit, Reconnecting
 from ._config import ENV_CA_FILE, redact_url, resolve_servers
 from ._errors import (
@@ -212,11 +213,16 @@ class JetStreamEventSink:
         clock: Optional[Callable[[], float]] = None,
         on_transition: Optional[TransitionCallback] = None,
         trace_context: bool = True,
+        content_mode: str = "structured",
     ) -> None:
         """Use :meth:`connect`, :meth:`connect_with_root_ca` or :meth:`from_publisher`."""
         validate_subject_template(subject)
         if not isinstance(trace_context, bool):
             raise ConfigError(f"trace_context must be True or False, got {trace_context!r}")
+        if content_mode not in CONTENT_MODES:
+            raise ConfigError(
+                f"content_mode must be 'structured' or 'binary', got {content_mode!r}"
+            )
         if stream is not None and (
             not isinstance(stream, str) or not _STREAM_NAME_RE.fullmatch(stream)
         ):
@@ -240,6 +246,11 @@ class JetStreamEventSink:
         if stream is not None:
             fixed_headers[HEADER_EXPECTED_STREAM] = stream
         self._headers = HeaderTemplate(fixed_headers, HEADER_MSG_ID)
+        # Binary content mode: attributes as ce- headers, the body the data alone.
+        self._binary: Optional[BinaryEncoder] = None
+        if content_mode == "binary":
+            del fixed_headers[HEADER_CONTENT_TYPE]
+            self._binary = BinaryEncoder(fixed_headers)
         # None unless opentelemetry-api is installed and trace_context is on.
         self._stamp_trace = trace_stamper() if trace_context else None
         self._user_on_transition = on_transition
@@ -279,7 +290,9 @@ class JetStreamEventSink:
                 (256), ``max_queue`` (8192), ``retry_attempts`` (3), ``on_transition``
                 (``callback(old_state, new_state)``), ``clock`` (breaker clock), ``name``
                 (client name), ``reconnect_time_wait`` (0.25 s), ``trace_context`` (True:
-                add the caller's OpenTelemetry span as ``traceparent``/``tracestate``).
+                add the caller's OpenTelemetry span as ``traceparent``/``tracestate``),
+                ``content_mode`` (``"structured"``, or ``"binary"``: attributes as ``ce-``
+                headers, the body the data alone).
 
         Raises:
             ConfigError: a bad argument or environment variable.
@@ -437,14 +450,17 @@ class JetStreamEventSink:
             event = coerce_event(event)
         if self._stamp_trace is not None:
             event = self._stamp_trace(event)
-        payload = event.to_json()
         subject = (
             self._settings.subject
             if self._subject_is_fixed
             else resolve_tenant_subject(self._settings.subject, event)
         )
-        # The event model guarantees an id that is a safe header value.
-        headers = self._headers.fill(event.id)
+        if self._binary is None:
+            payload = event.to_json()
+            # The event model guarantees an id that is a safe header value.
+            headers = self._headers.fill(event.id)
+        else:
+            payload, headers = self._binary.encode(event)
         limit = getattr(runner.publisher, "max_payload", None)
         if limit is not None:
             size = len(payload) + len(headers.wire)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional
@@ -89,12 +90,13 @@ class StoredMessage:
     subject: str
     data: bytes
     stored_at: Optional[datetime]
+    headers: Optional[Mapping[str, str]] = None
 
     @classmethod
     def from_msg(cls, msg: Msg) -> StoredMessage:
         """Take what is printed and checked from a nats-py JetStream message."""
         metadata = msg.metadata
-        return cls(metadata.sequence.stream, msg.subject, msg.data, metadata.timestamp)
+        return cls(metadata.sequence.stream, msg.subject, msg.data, metadata.timestamp, msg.headers)
 
 
 def _reader_config(subject: Optional[str], start_seq: int) -> api.ConsumerConfig:

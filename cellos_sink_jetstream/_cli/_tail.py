@@ -11,6 +11,9 @@ from typing import Any, Optional
 import nats.js.errors
 from nats.aio.client import Client
 
+from .._binary_mode import is_binary_mode
+from .._errors import InvalidEventError
+from .._event import CloudEventV1
 from ._exit_status import EXIT_INTERRUPTED, EXIT_OK, CliError
 from ._output import PROG, err, out
 from ._signals import stop_requested_on_signals
@@ -19,11 +22,11 @@ from ._target import describe_error, jetstream, target_from_args, with_nats
 
 
 def format_stored(message: StoredMessage, *, oneline: bool) -> str:
-    """Render a stored message: pretty JSON under a header line, or a single line."""
-    try:
-        body: Any = json.loads(message.data)
-    except ValueError:
-        body = None
+    """Render a stored message: pretty JSON under a header line, or a single line.
+
+    Events in binary content mode are shown in their structured JSON form.
+    """
+    body = _structured_body(message)
     stamp = (
         message.stored_at.astimezone(timezone.utc).isoformat(timespec="milliseconds")
         if message.stored_at is not None
@@ -35,6 +38,18 @@ def format_stored(message: StoredMessage, *, oneline: bool) -> str:
     if body is None:
         return f"{header}\n{message.data.decode('utf-8', errors='replace')}"
     return f"{header}\n{json.dumps(body, indent=2, ensure_ascii=False)}"
+
+
+def _structured_body(message: StoredMessage) -> Any:
+    if is_binary_mode(message.headers):
+        try:
+            return CloudEventV1.from_nats_message(message.headers, message.data).to_dict()
+        except InvalidEventError:
+            return None  # shown raw, as any message that is not a CloudEvent
+    try:
+        return json.loads(message.data)
+    except ValueError:
+        return None
 
 
 def _summarise(body: Any, raw: bytes) -> str:
