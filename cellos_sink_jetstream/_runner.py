@@ -33,6 +33,7 @@ from ._errors import (
 from ._lean_future import make_future
 from ._publisher import PubAck, Publisher
 from ._retry import retry_async
+from ._timeouts import MAX_TIMEOUT_SECONDS
 
 __all__ = ["BlockingRequest", "FutureRequest", "LoopRunner", "PublishRequest"]
 
@@ -54,6 +55,7 @@ class PublishRequest:
         "deadline",
         "headers",
         "payload",
+        "settled",
         "subject",
         "tag",
     )
@@ -75,6 +77,9 @@ class PublishRequest:
         self.tag = tag
         # The publisher's token for the ack awaited on the pipelined path.
         self.ack_token = 0
+        # Set by the runner when the outcome is handed over: a second verdict (a late ack
+        # after a failure that was not foreseen) must not reach the caller or the counts.
+        self.settled = False
 
     def claim(self) -> bool:
         """Called once, just before sending: ``False`` when the caller already gave up."""
@@ -246,6 +251,7 @@ class LoopRunner:
         queue = self._queue
         if queue is None or self._stopping:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
+        request.deadline = _sane_deadline(request.deadline)
         try:
             queue.sync_q.put(request, timeout=timeout)
             with self._count_lock:
@@ -407,8 +413,12 @@ class LoopRunner:
                     except janus.AsyncQueueEmpty:
                         return
                     self._consumer_idle = False
-                if not self._dispatch(request):
-                    return
+                try:
+                    if not self._dispatch(request):
+                        return
+                except Exception as exc:  # a bug must cost one event, never the loop
+                    logger.exception("sending an event failed unexpectedly; the loop goes on")
+                    self._fail_unexpectedly(request, exc)
             self._waiting_for_room = True
         except janus.AsyncQueueShutDown:
             drained.set()
@@ -419,6 +429,10 @@ class LoopRunner:
             elif not self._flush_scheduled:
                 self._flush_scheduled = True
                 self._loop_or_fail().call_soon(self._flush_scheduled_writes)
+
+    def _fail_unexpectedly(self, request: PublishRequest, exc: BaseException) -> None:
+        # Before it counted as in flight (_dispatch finishes those itself).
+        self._settle(request, error=_internal_error(exc))
 
     def _flush_scheduled_writes(self) -> None:
         self._flush_scheduled = False
@@ -433,6 +447,14 @@ class LoopRunner:
             self._settle(request)  # the caller gave up while it waited in the queue
             return True
         self._in_flight += 1
+        try:
+            return self._send(request)
+        except Exception as exc:  # a bug must cost one event, never the loop
+            logger.exception("sending an event failed unexpectedly; the loop goes on")
+            self._finish(request, error=_internal_error(exc))
+            return True
+
+    def _send(self, request: PublishRequest) -> bool:
         timeout = request.deadline - time.monotonic()
         if timeout <= 0:
             self._finish(request, error=_queued_past_deadline())
@@ -507,6 +529,8 @@ class LoopRunner:
         self, request: PublishRequest, ack: Optional[PubAck], error: Optional[BaseException]
     ) -> None:
         # The publisher's listener, on the loop thread: the pipelined path's outcome.
+        if request.settled:
+            return
         watched = self._deadline_slots.get(_deadline_slot(request.deadline))
         if watched is not None:
             watched.discard(request)
@@ -527,6 +551,8 @@ class LoopRunner:
         result: Optional[PubAck] = None,
         error: Optional[BaseException] = None,
     ) -> None:
+        if request.settled:
+            return
         self._in_flight -= 1
         self._settle(request, result, error)
         if self._waiting_for_room:
@@ -539,6 +565,9 @@ class LoopRunner:
         result: Optional[PubAck] = None,
         error: Optional[BaseException] = None,
     ) -> None:
+        if request.settled:
+            return
+        request.settled = True
         # The hook runs first: a caller woken by the outcome must already see its effects
         # (a probe's success has closed the circuit by the time its emit() returns).
         if self._on_outcome is not None:
@@ -646,6 +675,20 @@ def _ack_timeout() -> PublishTimeoutError:
         "no JetStream ack within the publish timeout; the event may still be stored, "
         "re-emit it (same id) to be sure"
     )
+
+
+def _internal_error(exc: BaseException) -> SinkError:
+    return SinkError(
+        f"the sink failed internally ({type(exc).__name__}) while sending the event; it may "
+        f"have been stored: re-emit it (same id) to be sure"
+    )
+
+
+def _sane_deadline(deadline: float) -> float:
+    # The sink checks every timeout; this keeps any other value (NaN, infinity, a far
+    # future) from reaching the loop's timers and deadline arithmetic, where it would raise.
+    latest = time.monotonic() + MAX_TIMEOUT_SECONDS
+    return deadline if deadline <= latest else latest
 
 
 def _deadline_slot(deadline: float) -> int:

@@ -50,6 +50,7 @@ from ._publisher import (
 )
 from ._runner import BlockingRequest, FutureRequest, LoopRunner, PublishRequest
 from ._subject import TENANT_ID_PLACEHOLDER, resolve_tenant_subject, validate_subject_template
+from ._timeouts import check_optional_timeout, check_timeout
 from ._trace import trace_stamper
 
 __all__ = ["EventLike", "EventSink", "JetStreamEventSink", "NoopEventSink", "SinkStats"]
@@ -233,8 +234,8 @@ class JetStreamEventSink:
         self._settings = _Settings(
             subject=subject,
             stream=stream,
-            publish_timeout=_positive("publish_timeout", publish_timeout),
-            connect_timeout=_positive("connect_timeout", connect_timeout),
+            publish_timeout=check_timeout("publish_timeout", publish_timeout),
+            connect_timeout=check_timeout("connect_timeout", connect_timeout),
             max_in_flight=_positive("max_in_flight", max_in_flight, int),
             max_queue=_positive("max_queue", max_queue, int),
             retry_attempts=_positive("retry_attempts", retry_attempts, int),
@@ -304,7 +305,7 @@ class JetStreamEventSink:
             if ca is not None:
                 tls = _root_ca_context(ca, ENV_CA_FILE if ca_file is None else "ca_file")
         display_url = redact_url(",".join(servers))
-        reconnect_time_wait = _positive(
+        reconnect_time_wait = check_timeout(
             "reconnect_time_wait", options.pop("reconnect_time_wait", 0.25)
         )
         name = str(options.pop("name", "cellos-sink-jetstream"))
@@ -376,6 +377,7 @@ class JetStreamEventSink:
         ``timeout`` (default: the sink's ``publish_timeout``) bounds the whole call,
         including time spent waiting for room in the queue.
         """
+        timeout = check_optional_timeout("timeout", timeout)
         timeout = self._settings.publish_timeout if timeout is None else timeout
         request = self._submit(event, BlockingRequest, timeout, wait_for_room=timeout)
         if not request.wait(timeout + _CALLER_GRACE_SECONDS):
@@ -395,6 +397,7 @@ class JetStreamEventSink:
         errors and :class:`CircuitOpenError` are raised here, not through the future.
         Events queued from one thread are stored in the order they were queued.
         """
+        timeout = check_optional_timeout("timeout", timeout)
         timeout = self._settings.publish_timeout if timeout is None else timeout
         request = self._submit(
             event, FutureRequest, self._settings.publish_timeout, wait_for_room=timeout
@@ -408,6 +411,7 @@ class JetStreamEventSink:
         it takes), ``False`` otherwise (their futures stay pending). Events queued by
         other threads while it waits are not waited for.
         """
+        timeout = check_optional_timeout("timeout", timeout)
         runner = self._runner
         return True if runner is None else runner.wait_settled(timeout)
 
@@ -590,6 +594,7 @@ class JetStreamEventSink:
         afterwards raises :class:`SinkClosedError`. Events still undelivered at the
         deadline fail with :class:`SinkClosedError` and are counted in the log.
         """
+        timeout = check_timeout("timeout", timeout)
         deadline = time.monotonic() + timeout
         with self._lock:
             already_closed = self._closed
