@@ -7,6 +7,7 @@ States::
     Reconnecting, now >= next_after ──▶ exactly one caller gets a probe permit
         probe succeeds ──▶ Connected
         probe fails    ──▶ Reconnecting(attempt + 1, now + backoff(attempt + 1))
+    Reconnecting, the connection is restored ──▶ Reconnecting(attempt, next_after=now)
 
 ``backoff(attempt) = min(0.1 s * 2 ** attempt, 180 s)``: 0.1, 0.2, 0.4 ... 102.4 s, then 180 s.
 
@@ -221,6 +222,24 @@ class CircuitBreaker:
             new = Reconnecting(attempt, self.now() + delay, cause)
             self._state = new
         self._notify(old, new)
+
+    def connection_restored(self) -> bool:
+        """Record that the connection under an open circuit is back: probe at once.
+
+        Moves ``next_after`` to now and nothing else, so the next caller probes (still
+        exactly one), and a probe that fails resumes the schedule where it was
+        (``attempt + 1``). Does nothing when connected or when a probe is already due.
+        Not a transition: no listener is called. Returns whether ``next_after`` moved.
+        """
+        with self._lock:
+            state = self._state
+            if not isinstance(state, Reconnecting):
+                return False
+            now = self.now()
+            if state.next_after <= now:
+                return False
+            self._state = Reconnecting(state.attempt, now, state.cause)
+            return True
 
     def release(self, permit: Permit) -> None:
         """Record that the admitted publish ended without saying anything about NATS.

@@ -337,6 +337,7 @@ class NatsPublisher:
         self._pending: dict[int, tuple[Any, str]] = {}
         self._tokens = itertools.count()
         self._listener: AckListener = _refuse_unheard_ack
+        self._reconnect_listener: Callable[[], object] = _ignore_reconnect
         self._closing = False
 
     @classmethod
@@ -363,6 +364,7 @@ class NatsPublisher:
 
         async def on_reconnected() -> None:
             logger.info("reconnected to NATS at %s", options.display_url)
+            publisher._reconnect_listener()
 
         kwargs: dict[str, Any] = {
             "servers": list(options.servers),
@@ -412,6 +414,14 @@ class NatsPublisher:
     def listen(self, listener: AckListener) -> None:
         """Send the outcomes of :meth:`send_now` to ``listener`` (called on the event loop)."""
         self._listener = listener
+
+    def on_reconnected(self, listener: Callable[[], object]) -> None:
+        """Call ``listener()`` (on the event loop) each time nats-py has reconnected.
+
+        nats-py calls back once the new connection answered a PING and the subscriptions
+        were replayed, so a publish made then can be acknowledged.
+        """
+        self._reconnect_listener = listener
 
     def _on_reply(self, reply_subject: bytes, data: bytes, status: Optional[str]) -> None:
         token = reply_subject[self._reply_prefix_size :]
@@ -563,6 +573,10 @@ def _connection_down(exc: BaseException) -> Optional[str]:
         if isinstance(exc, kind):
             return what
     return None
+
+
+def _ignore_reconnect() -> None:
+    """Nobody asked to hear about reconnections."""
 
 
 def _refuse_unheard_ack(

@@ -319,7 +319,10 @@ class JetStreamEventSink:
                 reconnect_time_wait=reconnect_time_wait,
                 name=name,
             )
-            return await NatsPublisher.connect(connect_options, sink._settings.stream)
+            publisher = await NatsPublisher.connect(connect_options, sink._settings.stream)
+            # NATS is back before any probe could tell: let the next emit probe at once.
+            publisher.on_reconnected(sink._connection_restored)
+            return publisher
 
         sink = cls(connect_publisher, subject, display_url=display_url, **options)
         sink._start_runner()
@@ -521,6 +524,15 @@ class JetStreamEventSink:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+    def _connection_restored(self) -> None:
+        # On the loop thread, from nats-py's reconnected callback.
+        if self._breaker.connection_restored():
+            logger.info(
+                "the circuit probes NATS JetStream at %s with the next emit: the connection "
+                "is back",
+                self._display_url,
+            )
 
     def _on_transition(self, old: BreakerState, new: BreakerState) -> None:
         if isinstance(new, Connected):

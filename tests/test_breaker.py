@@ -221,3 +221,128 @@ def test_the_state_carries_the_cause_of_the_failure_that_last_moved_it() -> None
     breaker.record_failure(probe, FailureCause.CONNECTION_DOWN)
     assert breaker.state == Reconnecting(1, pytest.approx(clock.now + 0.2))
     assert breaker.state.cause is FailureCause.CONNECTION_DOWN  # type: ignore[union-attr]
+
+
+def open_at_attempt(clock: FakeClock, attempt: int) -> CircuitBreaker:
+    """A breaker whose circuit opened and then failed ``attempt`` probes."""
+    breaker = CircuitBreaker(clock)
+    permit = breaker.admit()
+    assert permit is not None
+    breaker.record_failure(permit, FailureCause.CONNECTION_DOWN)
+    for _ in range(attempt):
+        clock.now = breaker.state.next_after  # type: ignore[union-attr]
+        probe = breaker.admit()
+        assert probe is not None
+        breaker.record_failure(probe, FailureCause.CONNECTION_DOWN)
+    return breaker
+
+
+def test_a_restored_connection_makes_the_next_probe_due_at_once_and_only_that() -> None:
+    clock = FakeClock()
+    breaker = open_at_attempt(clock, 9)
+    assert breaker.state == Reconnecting(9, pytest.approx(clock.now + 51.2))
+    clock.advance(1.0)
+    assert breaker.admit() is None
+    assert breaker.connection_restored()
+    state = breaker.state
+    assert state == Reconnecting(9, clock.now), "only next_after moves"
+    assert isinstance(state, Reconnecting)
+    assert state.cause is FailureCause.CONNECTION_DOWN
+    assert breaker.retry_after() == 0.0
+    assert not breaker.connection_restored(), "already due: nothing to move"
+    probe = breaker.admit()
+    assert probe is not None
+    assert probe.is_probe
+    assert breaker.admit() is None, "still exactly one probe"
+    clock.advance(0.5)
+    breaker.record_failure(probe, FailureCause.NO_STREAM)
+    # The schedule resumes where it was: attempt 10, 102.4 s after the failed probe.
+    assert breaker.state == Reconnecting(10, pytest.approx(clock.now + 102.4))
+
+
+def test_a_restored_connection_during_a_probe_admits_no_second_one() -> None:
+    clock = FakeClock()
+    breaker = open_at_attempt(clock, 2)
+    clock.now = breaker.state.next_after  # type: ignore[union-attr]
+    probe = breaker.admit()
+    assert probe is not None
+    assert not breaker.connection_restored(), "a probe is running: its due time has passed"
+    assert breaker.admit() is None
+    breaker.record_success(probe)
+    assert breaker.state == Connected()
+
+
+def test_a_restored_connection_changes_nothing_while_connected() -> None:
+    seen: list[object] = []
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock, on_transition=lambda old, new: seen.append(new))
+    assert not breaker.connection_restored()
+    assert breaker.state == Connected()
+    permit = breaker.admit()
+    assert permit is not None
+    assert not permit.is_probe
+    breaker.record_failure(permit)
+    clock.advance(0.01)
+    assert breaker.connection_restored()
+    assert seen == [Reconnecting(0, pytest.approx(clock.now + 0.09))], "not a transition"
+
+
+def test_a_restored_connection_is_driven_by_freezegun_too() -> None:
+    with freeze_time("2026-01-01 00:00:00") as frozen:
+        breaker = CircuitBreaker()
+        permit = breaker.admit()
+        assert permit is not None
+        breaker.record_failure(permit, FailureCause.CONNECTION_DOWN)
+        for _ in range(6):  # attempt 6: the next probe is 6.4 s away
+            frozen.tick(backoff_delay(breaker.state.attempt))  # type: ignore[union-attr]
+            probe = breaker.admit()
+            assert probe is not None
+            breaker.record_failure(probe, FailureCause.CONNECTION_DOWN)
+        frozen.tick(1.0)
+        assert breaker.admit() is None
+        assert breaker.retry_after() == pytest.approx(5.4)
+        assert breaker.connection_restored()
+        assert breaker.state == Reconnecting(6, time.monotonic())
+        probe = breaker.admit()
+        assert probe is not None
+        assert breaker.admit() is None
+        frozen.tick(0.2)
+        breaker.record_failure(probe, FailureCause.CONNECTION_DOWN)
+        assert breaker.state == Reconnecting(7, pytest.approx(time.monotonic() + 12.8))
+        frozen.tick(12.7)
+        assert breaker.admit() is None
+        frozen.tick(0.1)
+        probe = breaker.admit()
+        assert probe is not None
+        breaker.record_success(probe)
+        assert breaker.state == Connected()
+
+
+def test_64_threads_racing_a_restored_connection_get_exactly_one_probe() -> None:
+    clock = FakeClock()
+    breaker = open_at_attempt(clock, 8)
+    clock.advance(1.0)  # the scheduled probe is still 24.6 s away
+    for attempt in (8, 9, 10):
+        barrier = threading.Barrier(64)
+        permits: list[object] = []
+        lock = threading.Lock()
+
+        def racer(n: int) -> None:
+            barrier.wait()
+            # Half the threads see the reconnection first, half try their luck before it.
+            got = [] if n % 2 else [breaker.admit()]
+            breaker.connection_restored()
+            got.append(breaker.admit())
+            with lock:
+                permits.extend(p for p in got if p is not None)
+
+        threads = [threading.Thread(target=racer, args=(n,)) for n in range(64)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(permits) == 1, f"round {attempt}: {len(permits)} probes"
+        (probe,) = permits
+        assert probe.is_probe  # type: ignore[attr-defined]
+        breaker.record_failure(probe, FailureCause.CONNECTION_DOWN)  # type: ignore[arg-type]
+        assert breaker.state.attempt == attempt + 1  # type: ignore[union-attr]

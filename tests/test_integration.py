@@ -28,6 +28,7 @@ from cellos_sink_jetstream import (
 )
 from cellos_sink_jetstream._server import NatsServer
 from tests._nats import TLSFiles, read_stream, stage_stream
+from tests._polling import wait_until
 from tests.conftest import ServerFactory, StagedStream
 
 
@@ -116,6 +117,65 @@ def test_server_stop_opens_the_circuit_and_restart_closes_it(stream: StagedStrea
         assert sink.stats().breaker_openings == 1
     ids = [json.loads(m.data)["id"] for m in read_stream(stream.url, stream.name)]
     assert ids == ["evt-0", "evt-3"]
+
+
+class FrozenClock:
+    """A breaker clock that moves only when told: no probe falls due by itself."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_reconnection_itself_makes_the_next_emit_probe(stream: StagedStream) -> None:
+    clock = FrozenClock()
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("back"), publish_timeout=2.0, retry_attempts=1, clock=clock
+    ) as sink:
+        sink.emit(event(0))
+        stream.server.kill()
+        with pytest.raises(PublishError):
+            sink.emit(event(1))
+        with pytest.raises(CircuitOpenError) as refused:
+            sink.emit(event(2))
+        assert refused.value.cause is FailureCause.CONNECTION_DOWN
+        assert sink.stats().probes == 0
+        stream.server.start()
+        # The breaker's clock stands still, so no scheduled probe ever falls due: only
+        # the reconnection can make an emit probe.
+        wait_until(
+            lambda: sink.debug_state() == Reconnecting(0, clock.now),
+            15,
+            "the reconnection did not make the next probe due",
+        )
+        sink.emit(event(3))
+        assert sink.debug_state() == Connected()
+        assert sink.stats().probes == 1
+    ids = [json.loads(m.data)["id"] for m in read_stream(stream.url, stream.name)]
+    assert ids == ["evt-0", "evt-3"]
+
+
+def test_staging_the_missing_stream_closes_the_circuit_on_the_next_probe(
+    stream: StagedStream,
+) -> None:
+    clock = FrozenClock()
+    with JetStreamEventSink.connect(
+        stream.url, "late.stream.x", publish_timeout=2.0, clock=clock
+    ) as sink:
+        with pytest.raises(NoStreamError):
+            sink.emit(event(1))
+        with pytest.raises(CircuitOpenError) as refused:
+            sink.emit(event(2))
+        assert refused.value.cause is FailureCause.NO_STREAM
+        stage_stream(stream.url, "LATE", ["late.stream.>"])
+        clock.now += refused.value.retry_after
+        sink.emit(event(3))  # the next probe
+        assert sink.debug_state() == Connected()
+        assert sink.stats().probes == 1
+        assert sink.stats().breaker_openings == 1
+    assert [json.loads(m.data)["id"] for m in read_stream(stream.url, "LATE")] == ["evt-3"]
 
 
 def test_subject_without_stream_fails_with_no_stream_error_quickly(stream: StagedStream) -> None:
