@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from typing import Optional
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import ConfigError
 
@@ -65,19 +65,31 @@ def env_flag(env: Mapping[str, str], name: str) -> bool:
 def redact_url(url: str) -> str:
     """Return ``url`` with any user, password or token replaced by ``***``.
 
-    Works on comma-separated server lists too, and never raises: something that does not
-    parse is shown as ``<unparsable url>`` rather than risk echoing a secret.
+    Works on comma-separated server lists too, and never raises. A bare ``host:port`` is
+    shown as ``nats://host:port`` (as nats-py reads it), a port that is not a number as
+    ``<invalid port>``, and anything else that does not parse as ``<unparsable url>``
+    rather than risk echoing a secret.
     """
     return ",".join(_redact_one(part.strip()) for part in url.split(","))
 
 
+def _with_scheme(url: str) -> str:
+    # nats-py reads a URL without a scheme as nats://; urlsplit would take "host:" for one.
+    return url if "://" in url else f"nats://{url}"
+
+
 def _redact_one(url: str) -> str:
     try:
-        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        parts = urlsplit(_with_scheme(url))
         host = parts.hostname or ""
-        port = parts.port
     except ValueError:
         return "<unparsable url>"
+    if "@" in url and "@" not in parts.netloc:
+        return "<unparsable url>"  # an unescaped '/', '?' or '#' in the credentials
+    try:
+        port: Optional[str] = None if parts.port is None else str(parts.port)
+    except ValueError:
+        port = "<invalid port>"
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
@@ -87,15 +99,19 @@ def _redact_one(url: str) -> str:
 
 
 def resolve_servers(
-    url: Optional[str], env: Mapping[str, str] = os.environ
+    url: Optional[str], env: Mapping[str, str] = os.environ, *, origin: str = "url argument"
 ) -> tuple[Sequence[str], str]:
     """Pick the server URL list: ``url``, else ``$NATS_URL``, else the default.
 
-    Returns the list for nats-py and the name of where it came from (for error messages).
-    Raises :class:`ConfigError` for an empty list or an unsupported scheme.
+    Reads each URL as nats-py does: a bare ``host:port`` (or ``host``) means
+    ``nats://host:port``, and a missing port is 4222. Returns the normalised list for
+    nats-py and the name of where it came from (``origin`` for ``url``, else the variable),
+    for error messages. Raises :class:`ConfigError` naming that origin and the part of the
+    URL that is wrong (shown redacted) for an empty list, an unsupported scheme, a missing
+    host or a port that is not a number.
     """
     if url is not None:
-        raw, origin = url, "url argument"
+        raw = url
     elif env.get(ENV_NATS_URL, "").strip():
         raw, origin = env[ENV_NATS_URL], ENV_NATS_URL
     else:
@@ -103,21 +119,53 @@ def resolve_servers(
     servers = [part.strip() for part in raw.split(",") if part.strip()]
     if not servers:
         raise ConfigError(f"{origin} holds no server URL; set it like {DEFAULT_NATS_URL}")
+    normalised = []
     for server in servers:
         try:
-            parts = urlsplit(server)
-            parts.port  # noqa: B018 - parsing the port validates it
-        except ValueError:
+            normalised.append(_normalise_server(server))
+        except ValueError as exc:
             raise ConfigError(
-                f"{origin} has an invalid server URL {redact_url(server)}; "
-                f"expected nats://host:port or tls://host:port"
+                f"{origin}: {exc}; expected nats://host:port or tls://host:port (a bare "
+                f"host:port means nats://host:port)"
             ) from None
-        if parts.scheme not in _SCHEMES or not parts.hostname:
-            raise ConfigError(
-                f"{origin} has an unsupported server URL {redact_url(server)}; "
-                f"expected nats://host:port or tls://host:port"
-            )
-    return servers, origin
+    return normalised, origin
+
+
+def _normalise_server(server: str) -> str:
+    """``server`` with a scheme and a port, or ValueError saying which part is wrong."""
+    url = _with_scheme(server)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise ValueError(
+            f"server URL {redact_url(server)} has an unbalanced '[' or ']' in its host"
+        ) from None
+    if "@" in server and "@" not in parts.netloc:
+        raise ValueError(
+            "a server URL has an '@' after its host; percent-encode any '/', '?' or '#' in "
+            "the user name, password or token"
+        )
+    shown = redact_url(server)
+    if parts.scheme in ("ws", "wss"):
+        raise ValueError(f"{shown}: websocket URLs (ws://, wss://) are not supported")
+    if parts.scheme not in _SCHEMES:
+        raise ValueError(f"the scheme {parts.scheme[:20]!r} of {shown} is not supported")
+    if not host:
+        raise ValueError(f"server URL {shown} has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        text = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        # The port's text is shown only when no credential can have leaked into it.
+        quoted = f" ({text[:20]!r})" if "@" not in server else ""
+        base = _redact_one(f"{parts.scheme}://{parts.netloc.rpartition(':')[0]}")
+        raise ValueError(f"the port of {base} is not a number from 1 to 65535{quoted}")
+    if port is None:
+        url = urlunsplit(parts._replace(netloc=f"{parts.netloc.rstrip(':')}:4222"))
+    return url
 
 
 def secrets_in(servers: Sequence[str]) -> tuple[str, ...]:

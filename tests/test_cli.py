@@ -29,6 +29,7 @@ from cellos_sink_jetstream._cli import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_UNREACHABLE,
+    EXIT_USAGE,
     EmitTally,
     Emitter,
     Progress,
@@ -277,11 +278,14 @@ def test_emitter_shows_why_an_event_timed_out() -> None:
     assert "line 1: event 'x' not acknowledged: the connection dropped" in messages.getvalue()
 
 
-def test_emit_missing_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_emit_missing_file_is_a_usage_error(
+    stream: StagedStream, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     missing = tmp_path / "nope.jsonl"
-    status = main(["emit", str(missing), "--subject", "x", "--url", "nats://127.0.0.1:1"])
-    assert status == EXIT_FAILURE
-    assert "No such file or directory" in one_error_line(capsys.readouterr().err)
+    status = main(["emit", str(missing), "--subject", "x", "--url", stream.url])
+    assert status == EXIT_USAGE
+    error = one_error_line(capsys.readouterr().err)
+    assert error == f"cannot read {missing}: No such file or directory"
 
 
 # -- check --------------------------------------------------------------------------------------
@@ -444,8 +448,51 @@ def test_unreachable_server_is_one_line_without_credentials(
 
 
 def test_bad_subject_template_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "--subject", "cellos.{tenant}", "--url", "nats://x:1"]) == EXIT_FAILURE
+    assert main(["check", "--subject", "cellos.{tenant}", "--url", "nats://x:1"]) == EXIT_USAGE
     assert "invalid subject template" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["check", "--subject", TEMPLATE, "--tenant", "bad tenant"], "tenant id 'bad tenant'"),
+        (["check", "--subject", "cellos.{tenant}"], "invalid subject template"),
+        (["emit", "-", "--subject", "cellos.{tenant}"], "invalid subject template"),
+        (["tail", "--subject", "cellos.{tenant}"], "{tenant}"),
+        (["check", "--subject", TEMPLATE, "--ca-file", "/nonexistent/ca.pem"], "--ca-file"),
+    ],
+)
+def test_usage_errors_in_option_values_exit_2(
+    argv: list[str], said: str, stream: StagedStream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The server is up: exit status 2 here cannot come from an unreachable one.
+    assert main([*argv, "--url", stream.url]) == EXIT_USAGE
+    assert said in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("nats://u:hunter2@127.0.0.1:notaport", "--url: the port of nats://***@127.0.0.1 is"),
+        ("http://u:hunter2@127.0.0.1:4222", "--url: the scheme 'http' of http://***@127.0.0.1"),
+    ],
+)
+def test_a_bad_url_is_a_usage_error_naming_the_part(
+    url: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--subject", TEMPLATE, "--url", url]) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert one_error_line(captured.err).startswith(said)
+    assert "hunter2" not in captured.err + captured.out
+
+
+def test_nats_url_without_a_scheme_is_read_as_nats_py_reads_it(
+    stream: StagedStream, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = stream.url.removeprefix("nats://")
+    monkeypatch.setenv("NATS_URL", bare)
+    assert main(["check", "--subject", TEMPLATE]) == EXIT_OK
+    assert f"server      nats://{bare} " in capsys.readouterr().out
 
 
 # -- tail -----------------------------------------------------------------------------------------
@@ -480,6 +527,37 @@ def test_tail_prints_what_was_emitted(
         json.loads(chunk) for chunk in re.split(r"^--- .*$", pretty, flags=re.M) if chunk.strip()
     ]
     assert [body["id"] for body in bodies] == ["t8", "t10", "t11"]
+
+
+def test_tail_reads_a_sink_template_as_its_wildcard(
+    stream: StagedStream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for n, tenant in enumerate(["acme", "globex", "acme"]):
+        event = CloudEventV1(id=f"tpl-{n}", source="/s", type="x")
+        publish(stream.url, stream.subject(tenant), event.to_json())
+    argv = ["tail", "--subject", TEMPLATE, "--all", "--oneline", "--url", stream.url]
+    assert main(argv) == EXIT_OK
+    captured = capsys.readouterr()
+    assert [line.split()[1] for line in captured.out.splitlines()] == [
+        "cellos.events.acme",
+        "cellos.events.globex",
+        "cellos.events.acme",
+    ]
+    assert "reading cellos.events.* (the template's {tenantId} as a wildcard)" in captured.err
+    assert "no events" not in captured.err
+
+
+def test_tail_last_0_is_a_usage_error(
+    stream: StagedStream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish(
+        stream.url, stream.subject("acme"), CloudEventV1(id="z", source="/s", type="x").to_json()
+    )
+    argv = ["tail", "--subject", "cellos.events.>", "--last", "0", "--url", stream.url]
+    assert main(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert "argument --last: '0' is below the minimum of 1" in captured.err
+    assert "no events" not in captured.err
 
 
 def test_tail_of_an_unknown_subject_is_an_error(
@@ -656,3 +734,43 @@ def test_demo_workload_is_per_thread_lifecycles() -> None:
         for types in runs.values():
             assert types[0] == "cell.created"
             assert types[1:2] in (["cell.started"], [])
+
+
+# -- a closed pipe --------------------------------------------------------------------------------
+
+
+def test_tail_into_a_reader_that_stops_early_exits_0_without_a_traceback(
+    stream: StagedStream,
+) -> None:
+    # Far more than a pipe buffer holds, so tail is still writing when the reader leaves.
+    with JetStreamEventSink.connect(stream.url, stream.subject("{tenantId}")) as sink:
+        for n in range(600):
+            sink.emit_nowait(CloudEventV1(id=f"pipe-{n}", source="/s", type="x", data="x" * 200))
+        assert sink.flush(30)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cellos_sink_jetstream",
+            "tail",
+            "--subject",
+            "cellos.events.>",
+            "--all",
+            "--url",
+            stream.url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=str(REPO_ROOT),
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    first = [proc.stdout.readline() for _ in range(2)]  # what `| head -2` does
+    proc.stdout.close()
+    status = proc.wait(30)
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert first[0].startswith("--- #1 ")
+    assert (status, stderr) == (0, "")

@@ -337,3 +337,82 @@ def test_connect_error_from_a_real_server_is_the_reason_redacted(
     for text in (sink.reason, caplog.text):
         assert "s3cr3t-pass-word" not in text
         assert "wr0ng-pass-word" not in text
+
+
+# -- server URLs: what nats-py accepts, and what is wrong with which part -------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "servers"),
+    [
+        ("localhost:14222", ["nats://localhost:14222"]),
+        ("u:p@localhost:14222", ["nats://u:p@localhost:14222"]),
+        ("demo.example", ["nats://demo.example:4222"]),
+        ("nats://demo.example", ["nats://demo.example:4222"]),
+        ("tls://tok3n@demo.example", ["tls://tok3n@demo.example:4222"]),
+        ("a:1, nats://b:2", ["nats://a:1", "nats://b:2"]),
+        ("nats://[::1]:4222", ["nats://[::1]:4222"]),
+    ],
+)
+def test_server_urls_are_read_as_nats_py_reads_them(given: str, servers: list[str]) -> None:
+    assert resolve_servers(None, {"NATS_URL": given})[0] == servers
+
+
+@pytest.mark.parametrize(
+    ("given", "part"),
+    [
+        ("nats://u:hunter2@host:notaport", "the port of nats://***@host is not a number"),
+        ("nats://host:notaport", "the port of nats://host is not a number from 1 to 65535"),
+        ("nats://host:0", "the port of nats://host is not a number from 1 to 65535"),
+        ("nats://host:99999", "the port of nats://host is not a number from 1 to 65535"),
+        ("http://u:hunter2@host:1", "the scheme 'http' of http://***@host:1 is not supported"),
+        ("ws://host:80", "websocket URLs (ws://, wss://) are not supported"),
+        ("nats://u:hunter2@:4222", "nats://***@:4222 has no host"),
+        ("nats://[::1:4222", "has an unbalanced '[' or ']' in its host"),
+    ],
+)
+def test_a_bad_server_url_names_the_part_that_is_wrong(given: str, part: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_servers(None, {"NATS_URL": given})
+    message = str(info.value)
+    assert message.startswith("NATS_URL: "), message
+    assert part in message
+    assert "hunter2" not in message
+    assert "expected nats://host:port" in message
+    with pytest.raises(ConfigError, match=r"^--url: "):
+        resolve_servers(given, {}, origin="--url")
+
+
+def test_the_bad_port_text_is_shown_only_when_no_credential_could_be_in_it() -> None:
+    with pytest.raises(ConfigError, match="'notaport'"):
+        resolve_servers("nats://host:notaport", {})
+    with pytest.raises(ConfigError) as info:
+        resolve_servers("nats://svc:pa/ss@host:4222", {})  # an unescaped '/' in a password
+    message = str(info.value)
+    assert "percent-encode" in message
+    for fragment in ("svc", ":pa", "ss@", "'pa'"):
+        assert fragment not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://u:p@host:notaport", "nats://***@host:<invalid port>"),
+        ("localhost:14222", "nats://localhost:14222"),
+        ("u:p@localhost:14222", "nats://***@localhost:14222"),
+    ],
+)
+def test_redact_url_of_urls_that_do_not_parse_fully(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_a_bare_host_and_port_in_nats_url_connects(stream: StagedStream) -> None:
+    bare = stream.url.removeprefix("nats://")
+    sink = build_primary_event_sink(
+        stream.subject("bare"), env={"NATS_URL": bare, "CELL_OS_REQUIRE_JETSTREAM": "1"}
+    )
+    try:
+        assert isinstance(sink, JetStreamEventSink)
+        sink.emit({"specversion": "1.0", "id": "bare-1", "source": "/s", "type": "t"})
+    finally:
+        sink.close()

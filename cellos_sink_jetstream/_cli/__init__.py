@@ -26,7 +26,14 @@ from __future__ import annotations
 from ._check import nats_stream_add_command, stream_warnings
 from ._demo_workload import build_demo_workload
 from ._emit import EmitTally, Emitter, Progress
-from ._exit_status import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, CliError
+from ._exit_status import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+)
 from ._main import main
 from ._parser import build_parser
 from ._streams import capture_pattern
@@ -36,6 +43,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
     "CliError",
     "EmitTally",
     "Emitter",

@@ -19,7 +19,7 @@ from .._event import CloudEventV1
 from .._publisher import PubAck
 from .._sink import JetStreamEventSink
 from .._subject import resolve_tenant_subject
-from ._exit_status import EXIT_OK, CliError
+from ._exit_status import EXIT_OK, EXIT_USAGE, CliError
 from ._output import PROG, err, is_tty, out, plural
 from ._target import Target, connect_sink, target_from_args
 
@@ -234,7 +234,13 @@ def _numbered_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 @contextlib.contextmanager
 def _open_input(path: str) -> Iterator[IO[bytes]]:
     if path != "-":
-        with open(path, "rb") as handle:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed below, after the with body
+        except OSError as exc:
+            raise CliError(
+                f"cannot read {path}: {exc.strerror or exc}", exit_code=EXIT_USAGE
+            ) from None
+        with handle:
             yield handle
         return
     stdin: Any = sys.stdin

@@ -10,6 +10,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 #: Exit status: a usage error, or NATS could not be reached.
 EXIT_UNREACHABLE = 2
+#: Exit status: a usage error (a bad option value, a missing input file); same as above.
+EXIT_USAGE = EXIT_UNREACHABLE
 #: Exit status after Ctrl-C.
 EXIT_INTERRUPTED = 130
 

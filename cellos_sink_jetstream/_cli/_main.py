@@ -12,8 +12,15 @@ from collections.abc import Iterator, Sequence
 from typing import Optional
 
 from .._config import scrub
-from .._errors import ConfigError, ConnectError, SinkError
-from ._exit_status import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, CliError
+from .._errors import ConfigError, ConnectError, InvalidSubjectError, SinkError
+from ._exit_status import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+)
 from ._output import PROG, err
 from ._parser import build_parser
 from ._target import describe_error, option, target_from_args
@@ -53,6 +60,10 @@ def _first_line(text: str) -> str:
 def _exit_code_of(exc: SinkError) -> int:
     if isinstance(exc, CliError):
         return exc.exit_code
+    if isinstance(exc, (ConfigError, InvalidSubjectError)):
+        # Raised for option values (--url, --ca-file, --subject, --tenant) before anything
+        # is sent; a line of input with a bad tenant is reported by the command itself.
+        return EXIT_USAGE
     return EXIT_UNREACHABLE if isinstance(exc, ConnectError) else EXIT_FAILURE
 
 
@@ -77,10 +88,11 @@ def _run_command(args: argparse.Namespace) -> int:
         # The library's own messages never carry credentials.
         return _fail(_first_line(str(exc)), _exit_code_of(exc))
     except BrokenPipeError:
-        # The reader went away (`| head`): not an error worth a message.
-        with contextlib.suppress(OSError):
+        # The reader went away (`| head`): it has all it wanted, so this is success. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILURE
+        return EXIT_OK
     except (asyncio.TimeoutError, TimeoutError):
         logger.debug("timed out", exc_info=True)
         return _fail("timed out waiting for NATS (-vv shows where)", EXIT_FAILURE)

@@ -279,7 +279,8 @@ def _add_tail(commands: Any) -> None:
         "--subject",
         required=True,
         metavar="FILTER",
-        help="subject filter, wildcards allowed ('cellos.events.>')",
+        help="subject filter, wildcards allowed ('cellos.events.>'); a sink template's "
+        "{tenantId} reads as *",
     )
     parser.add_argument(
         "--stream", metavar="NAME", help="stream to read (default: the one capturing FILTER)"
@@ -287,7 +288,7 @@ def _add_tail(commands: Any) -> None:
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument(
         "--last",
-        type=_whole_number(0),
+        type=_whole_number(1),
         default=10,
         metavar="N",
         help="print the N newest events (default: 10)",

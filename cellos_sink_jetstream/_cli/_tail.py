@@ -14,10 +14,17 @@ from nats.aio.client import Client
 from .._binary_mode import is_binary_mode
 from .._errors import InvalidEventError
 from .._event import CloudEventV1
-from ._exit_status import EXIT_INTERRUPTED, EXIT_OK, CliError
+from .._subject import TENANT_ID_PLACEHOLDER
+from ._exit_status import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from ._output import PROG, err, out
 from ._signals import stop_requested_on_signals
-from ._streams import StoredMessage, deliver_stored, start_of_last, stream_capturing
+from ._streams import (
+    StoredMessage,
+    capture_pattern,
+    deliver_stored,
+    start_of_last,
+    stream_capturing,
+)
 from ._target import describe_error, jetstream, target_from_args, with_nats
 
 
@@ -89,8 +96,28 @@ async def _tail(client: Client, args: argparse.Namespace, stop: threading.Event)
     return EXIT_OK
 
 
+def subject_filter_of(subject: str) -> str:
+    """The filter ``tail`` reads: a sink template's ``{tenantId}`` tokens become ``*``.
+
+    Raises :class:`CliError` (a usage error) for any other brace, which is no NATS wildcard
+    and would match nothing stored by the sink.
+    """
+    pattern = capture_pattern(subject) if TENANT_ID_PLACEHOLDER in subject else subject
+    if "{" in pattern or "}" in pattern:
+        raise CliError(
+            f"subject filter {subject!r} has braces: only {TENANT_ID_PLACEHOLDER} is "
+            f"understood (read as *); use NATS wildcards (* for one token, > for the rest)",
+            exit_code=EXIT_USAGE,
+        )
+    return pattern
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     target = target_from_args(args)
+    pattern = subject_filter_of(args.subject)
+    if pattern != args.subject:
+        err(f"{PROG}: reading {pattern} (the template's {TENANT_ID_PLACEHOLDER} as a wildcard)")
+        args.subject = pattern
     if args.all:
         args.last = None
     # Ctrl-C sets a flag the read loop checks: asyncio.run's own handling cancels the

@@ -57,7 +57,7 @@ class Target:
 
 def target_from_args(args: argparse.Namespace) -> Target:
     """The target of ``--url``, ``--ca-file`` and ``--connect-timeout``, else the environment."""
-    servers, _origin = resolve_servers(option(args, "url"))
+    servers, _origin = resolve_servers(option(args, "url"), origin="--url")
     ca_file, ca_origin = option(args, "ca_file"), "--ca-file"
     if ca_file is None:
         ca_file, ca_origin = os.environ.get(ENV_CA_FILE) or None, ENV_CA_FILE
