@@ -774,3 +774,83 @@ def test_tail_into_a_reader_that_stops_early_exits_0_without_a_traceback(
     proc.stderr.close()
     assert first[0].startswith("--- #1 ")
     assert (status, stderr) == (0, "")
+
+
+def _start_dev_server(port: int, *options: str) -> tuple[subprocess.Popen[str], LineReader]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cellos_sink_jetstream",
+            "dev-server",
+            "--port",
+            str(port),
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=str(REPO_ROOT),
+    )
+    return proc, LineReader(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        status = proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    return status, stderr
+
+
+def test_dev_server_restarts_on_the_same_port_after_a_stop_with_clients(tmp_path: Path) -> None:
+    port = free_port()
+    first, reader = _start_dev_server(port)
+    try:
+        url = reader.wait_for(r"^  export NATS_URL=(nats://127\.0\.0\.1:\d+)$").group(1)
+        reader.wait_for("Press Ctrl-C to stop")
+        sink = JetStreamEventSink.connect(url, "cellos.events.{tenantId}", stream="CELLOS")
+        sink.emit(CloudEventV1(id="before-restart", source="/s", type="x"))
+    finally:
+        # The server closes the client's connection: its side of it now sits in TIME-WAIT.
+        status, stderr = _stop(first)
+    assert status == 0, stderr
+    second, reader = _start_dev_server(port)
+    try:
+        reader.wait_for("Press Ctrl-C to stop")
+    finally:
+        sink.close()
+        status, stderr = _stop(second)
+    assert (status, stderr) == (0, "")
+
+
+def test_dev_server_on_a_kept_store_says_what_it_found(tmp_path: Path) -> None:
+    store = ["--store", str(tmp_path / "store")]
+    first, reader = _start_dev_server(0, *store)
+    try:
+        url = reader.wait_for(r"^  export NATS_URL=(nats://127\.0\.0\.1:\d+)$").group(1)
+        reader.wait_for("Press Ctrl-C to stop")
+        with JetStreamEventSink.connect(url, "cellos.events.{tenantId}") as sink:
+            for n in range(3):
+                sink.emit(CloudEventV1(id=f"kept-{n}", source="/s", type="x"))
+    finally:
+        status, stderr = _stop(first)
+    assert status == 0, stderr
+    second, reader = _start_dev_server(0, *store)
+    try:
+        line = reader.wait_for(r"^  stream    ").string
+    finally:
+        status, stderr = _stop(second)
+    assert status == 0, stderr
+    assert line.startswith("  stream    CELLOS (found in the store): subjects cellos.events.>")
+    assert line.endswith("; 3 events stored")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import threading
 from pathlib import Path
@@ -14,7 +15,7 @@ from nats.js import api
 from .._config import ENV_NATS_URL
 from .._server import NatsServer
 from ._exit_status import EXIT_OK, CliError
-from ._output import out, plural
+from ._output import out
 from ._signals import stop_requested_on_signals
 from ._streams import describe_stream, dev_stream_config, ensure_stream
 from ._target import Target, embedded_target, jetstream, server_version, with_nats
@@ -22,6 +23,12 @@ from ._target import Target, embedded_target, jetstream, server_version, with_na
 
 def _ensure_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if os.name == "posix":
+            # As nats-server binds (Go sets SO_REUSEADDR): connections of a server that
+            # just stopped linger in TIME-WAIT for a minute and must not count as "in use";
+            # a socket still listening on the port does. (On Windows the option would let
+            # the probe share a port that is really taken.)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -62,7 +69,8 @@ def _print_dev_server_banner(
     server: NatsServer, version: str, info: api.StreamInfo, created: bool, store: Optional[Path]
 ) -> None:
     kept = "kept" if store is not None else "temporary, deleted on exit; --store DIR keeps it"
-    state = "staged" if created else f"found ({plural(info.state.messages, 'event')})"
+    # describe_stream ends with the count of stored events; say only where it came from.
+    state = "staged" if created else "found in the store"
     out(f"nats-server {version} with JetStream is running on {server.client_url}")
     out(f"  store     {server.store_dir} ({kept})")
     out(f"  stream    {info.config.name} ({state}): {describe_stream(info)}")
