@@ -11,11 +11,18 @@ Every error the library raises derives from :class:`SinkError`::
     ├── SinkClosedError                    the sink was closed
     ├── ReentrantEmitError(RuntimeError)   emit() called from the sink's own loop thread
     ├── BackpressureError                  queue / in-flight limit full for longer than allowed
-    └── PublishError                       the event was not (known to be) stored
-        ├── CircuitOpenError               fail-fast: the circuit is open (`cause`, `retry_after`)
-        ├── PublishTimeoutError(TimeoutError)  no ack in time: the event MAY still be stored
-        ├── NoStreamError                  no JetStream stream captures the subject
-        └── StreamMismatchError            the ack came from another stream than configured
+    ├── PublishError                       the event was not (known to be) stored
+    │   ├── CircuitOpenError               fail-fast: the circuit is open (`cause`, `retry_after`)
+    │   ├── PublishTimeoutError(TimeoutError)  no ack in time: the event MAY still be stored
+    │   ├── NoStreamError                  no JetStream stream captures the subject
+    │   └── StreamMismatchError            the ack came from another stream than configured
+    ├── NatsServerError(RuntimeError)      CLI only: the local nats-server of `dev-server`
+    │                                      or `demo` did not start or become ready
+    └── CliError                           CLI only: a command failed (``exit_code``;
+                                           defined in ``_cli/_exit_status.py``)
+
+The two CLI-only errors are not exported: the command line shows their one-line message
+and exits with their status; a program using the library never sees them.
 
 Errors of the caller's own making (``ConfigError``, ``InvalidEventError``,
 ``InvalidSubjectError``) also derive from :class:`ValueError`, so code that already
@@ -40,6 +47,7 @@ __all__ = [
     "FailureCause",
     "InvalidEventError",
     "InvalidSubjectError",
+    "NatsServerError",
     "NoStreamError",
     "PayloadTooLargeError",
     "PublishError",
@@ -261,3 +269,11 @@ class NoStreamError(PublishError):
 
 class StreamMismatchError(PublishError):
     """The acknowledgement came from a different stream than the one configured."""
+
+
+class NatsServerError(SinkError, RuntimeError):
+    """A local ``nats-server`` subprocess could not be started, or was not ready in time.
+
+    Raised by the CLI's ``dev-server`` and ``demo``; the message carries the end of the
+    server's log.
+    """

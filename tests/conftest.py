@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 import pytest
 
-from cellos_sink_jetstream._server import NatsCluster, NatsServer
 from tests._nats import (
     DUPLICATE_WINDOW,
     STREAM_NAME,
@@ -29,6 +28,7 @@ from tests._nats import (
     make_tls_files,
     stage_stream,
 )
+from tests._servers import NatsCluster, NatsServer
 
 _SERVERS = pytest.StashKey[list[NatsServer]]()
 

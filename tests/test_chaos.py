@@ -73,7 +73,6 @@ from cellos_sink_jetstream import (
     SinkClosedError,
     SinkError,
 )
-from cellos_sink_jetstream._server import NatsCluster, NatsServer
 from tests import chaos_child
 from tests._nats import (
     connect,
@@ -85,6 +84,7 @@ from tests._nats import (
     wait_for_replicas_in_step,
 )
 from tests._polling import wait_until
+from tests._servers import NatsCluster, NatsServer
 from tests.conftest import DUPLICATE_WINDOW, ServerFactory, StagedStream
 
 #: Publish timeout of the sinks under load: short, so that a dead server costs little.

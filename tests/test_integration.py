@@ -26,9 +26,9 @@ from cellos_sink_jetstream import (
     StreamMismatchError,
     with_retry,
 )
-from cellos_sink_jetstream._server import NatsServer
 from tests._nats import TLSFiles, read_stream, stage_stream
 from tests._polling import wait_until
+from tests._servers import NatsServer
 from tests.conftest import ServerFactory, StagedStream
 
 

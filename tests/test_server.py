@@ -25,8 +25,6 @@ from nats.aio.client import Client
 from cellos_sink_jetstream._errors import ConfigError
 from cellos_sink_jetstream._server import (
     ENV_NATS_SERVER_BIN,
-    NatsCluster,
-    NatsServer,
     NatsServerError,
     find_nats_server_binary,
     free_port,
@@ -46,6 +44,7 @@ from tests._nats import (
     wait_for_replicas_in_step,
 )
 from tests._polling import wait_until
+from tests._servers import NatsCluster, NatsServer
 
 
 def _pid_alive(pid: int) -> bool:
@@ -183,7 +182,7 @@ def test_running_servers_are_stopped_at_interpreter_exit(tmp_path: Path) -> None
     script = textwrap.dedent(
         f"""
         from cellos_sink_jetstream._server import NatsServer
-        server = NatsServer(work_dir={str(tmp_path)!r}, jetstream=False).start()
+        server = NatsServer(work_dir={str(tmp_path)!r}).start()
         print(server.pid, flush=True)
         """
     )
