@@ -309,14 +309,47 @@ def test_check_with_the_staged_stream(
 
 
 def test_check_without_a_stream_prints_the_command_to_create_one(
+    nats_server_factory: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = nats_server_factory()
+    status = main(["check", "--subject", "audit.{tenantId}.cells", "--url", server.url])
+    captured = capsys.readouterr()
+    assert status == EXIT_FAILURE
+    assert "stream      none captures audit._default.cells\n" in captured.out
+    assert "nats stream add CELLOS --subjects 'audit.*.cells'" in captured.out
+    assert "nats stream edit" not in captured.out
+    assert one_error_line(captured.err).startswith("no JetStream stream captures")
+
+
+def test_check_when_the_suggested_name_is_taken_says_how_to_add_the_subject(
     stream: StagedStream, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # CELLOS exists (on cellos.events.>) and so does CELLOS_2: neither may be re-added.
+    stage_stream(stream.url, "CELLOS_2", ["other.>"])
     status = main(["check", "--subject", "audit.{tenantId}.cells", "--url", stream.url])
     captured = capsys.readouterr()
     assert status == EXIT_FAILURE
-    assert "stream      none captures audit._default.cells" in captured.out
-    assert "nats stream add CELLOS --subjects 'audit.*.cells'" in captured.out
-    assert one_error_line(captured.err).startswith("no JetStream stream captures")
+    assert (
+        "stream      none captures audit._default.cells; stream CELLOS exists with "
+        "subjects cellos.events.>" in captured.out
+    )
+    edit = "nats stream edit CELLOS --subjects 'cellos.events.>' --subjects 'audit.*.cells'"
+    assert f"  {edit}\n" in captured.out
+    assert "nats stream add CELLOS " not in captured.out
+    assert "nats stream add CELLOS_3 --subjects 'audit.*.cells'" in captured.out
+    error = one_error_line(captured.err)
+    assert error.startswith("no JetStream stream captures audit._default.cells; add it to stream")
+
+
+def test_check_with_an_expected_stream_of_other_subjects_suggests_editing_it(
+    stream: StagedStream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stage_stream(stream.url, "AUDIT", ["audit.legacy"])
+    argv = ["check", "--subject", "audit.{tenantId}", "--stream", "AUDIT", "--url", stream.url]
+    assert main(argv) == EXIT_FAILURE
+    out = capsys.readouterr().out
+    assert "nats stream edit AUDIT --subjects audit.legacy --subjects 'audit.*'" in out
+    assert "nats stream add AUDIT " not in out
 
 
 def test_check_warns_about_a_weak_stream(

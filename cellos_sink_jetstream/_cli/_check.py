@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from .._event import CloudEventV1
 from .._subject import TENANT_ID_DEFAULT_TOKEN, resolve_tenant_subject
@@ -27,6 +28,9 @@ from ._streams import (
     stream_capturing,
 )
 from ._target import jetstream, server_version, target_from_args, with_nats
+
+#: How many numbered names (CELLOS_2, CELLOS_3, ...) to try for a free stream name.
+_FREE_NAME_TRIES = 20
 
 #: Printed by every successful check: a client cannot read the server's fsync policy.
 SYNC_INTERVAL_NOTE = (
@@ -133,9 +137,23 @@ class CheckFindings:
     max_payload: int
     account: Optional[api.AccountInfo]
     stream: Optional[api.StreamInfo]
+    #: With no stream capturing the subject: the stream of the name to suggest, if one
+    #: of that name exists already (capturing other subjects).
+    name_taken_by: Optional[api.StreamInfo] = None
+    #: ... and then a name no stream has, to suggest instead.
+    free_name: Optional[str] = None
 
 
-async def _gather_check_findings(client: Client, subject: str) -> CheckFindings:
+async def _stream_named(js: JetStreamContext, name: str) -> Optional[api.StreamInfo]:
+    try:
+        return await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        return None
+
+
+async def _gather_check_findings(
+    client: Client, subject: str, wanted: str = DEV_STREAM
+) -> CheckFindings:
     js = jetstream(client)
     version = server_version(client)
     try:
@@ -147,8 +165,17 @@ async def _gather_check_findings(client: Client, subject: str) -> CheckFindings:
             return CheckFindings(version, client.max_payload, None, None)
         raise
     name = await stream_capturing(js, subject)
-    stream = None if name is None else await js.stream_info(name)
-    return CheckFindings(version, client.max_payload, account, stream)
+    if name is not None:
+        stream = await js.stream_info(name)
+        return CheckFindings(version, client.max_payload, account, stream)
+    taken_by = await _stream_named(js, wanted)
+    free_name = None
+    if taken_by is not None:
+        for number in range(2, _FREE_NAME_TRIES + 2):
+            if await _stream_named(js, f"{wanted}_{number}") is None:
+                free_name = f"{wanted}_{number}"
+                break
+    return CheckFindings(version, client.max_payload, account, None, taken_by, free_name)
 
 
 def _check_subject(template: str, tenant: Optional[str]) -> str:
@@ -162,7 +189,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     template: str = args.subject
     tenant: Optional[str] = args.tenant
     subject = _check_subject(template, tenant)
-    findings = with_nats(target, lambda client: _gather_check_findings(client, subject))
+    wanted: str = args.stream or DEV_STREAM
+    findings = with_nats(target, lambda client: _gather_check_findings(client, subject, wanted))
     out(
         f"server      {target.display_url} (nats-server {findings.server_version}, "
         f"max_payload {format_bytes(findings.max_payload)})"
@@ -182,15 +210,46 @@ def cmd_check(args: argparse.Namespace) -> int:
     via = f" (template {template}, tenant {shown_tenant})" if template != subject else ""
     out(f"subject     {subject}{via}")
     if findings.stream is None:
-        return _report_missing_stream(template, subject, args.stream)
+        return _report_missing_stream(template, subject, wanted, findings)
     return _report_stream(findings.stream, template, args.stream)
 
 
-def _report_missing_stream(template: str, subject: str, expected: Optional[str]) -> int:
-    out(f"stream      none captures {subject}")
-    out("The operator must pre-stage one, for example:")
-    out(f"  {nats_stream_add_command(template, expected or DEV_STREAM)}")
-    raise CliError(f"no JetStream stream captures {subject}; create one (see the command above)")
+def nats_stream_edit_command(name: str, subjects: Sequence[str], template: str) -> str:
+    """The ``nats stream edit`` command that adds ``template``'s subjects to stream ``name``.
+
+    ``--subjects`` replaces a stream's list, so the command repeats the ones it has.
+    """
+    words = ["nats", "stream", "edit", name]
+    for pattern in [*subjects, capture_pattern(template)]:
+        words += ["--subjects", pattern]
+    return shlex.join(words)
+
+
+def _report_missing_stream(
+    template: str, subject: str, wanted: str, findings: CheckFindings
+) -> int:
+    existing = findings.name_taken_by
+    if existing is None:
+        out(f"stream      none captures {subject}")
+        out("The operator must pre-stage one, for example:")
+        out(f"  {nats_stream_add_command(template, wanted)}")
+        raise CliError(
+            f"no JetStream stream captures {subject}; create one (see the command above)"
+        )
+    subjects = list(existing.config.subjects or [])
+    out(
+        f"stream      none captures {subject}; stream {wanted} exists with subjects "
+        f"{', '.join(subjects) or '(none)'}"
+    )
+    out(f"The operator must add the subject to {wanted} (the list replaces its subjects):")
+    out(f"  {nats_stream_edit_command(wanted, subjects, template)}")
+    if findings.free_name is not None:
+        out("or pre-stage a stream of its own, for example:")
+        out(f"  {nats_stream_add_command(template, findings.free_name)}")
+    raise CliError(
+        f"no JetStream stream captures {subject}; add it to stream {wanted} or create "
+        f"another stream (see the commands above)"
+    )
 
 
 def _report_stream(info: api.StreamInfo, template: str, expected: Optional[str]) -> int:
