@@ -55,6 +55,7 @@ class PublishRequest:
         "deadline",
         "headers",
         "payload",
+        "seq",
         "settled",
         "subject",
         "tag",
@@ -80,6 +81,8 @@ class PublishRequest:
         # Set by the runner when the outcome is handed over: a second verdict (a late ack
         # after a failure that was not foreseen) must not reach the caller or the counts.
         self.settled = False
+        # Its place in the queue's order, given by the loop when it takes the request.
+        self.seq = -1
 
     def claim(self) -> bool:
         """Called once, just before sending: ``False`` when the caller already gave up."""
@@ -216,7 +219,15 @@ class LoopRunner:
         self._settled_changed = threading.Condition(self._count_lock)
         self._submitted = 0
         self._settled = 0
-        # Lowest count a wait_settled() caller waits for: the loop signals only then.
+        # Outcomes arrive in any order (a retried publish settles after later ones), so
+        # wait_settled() watches a watermark, not a count: every request whose place in
+        # the queue (seq, given as the loop takes it) is below it is settled. Settled
+        # requests above it wait in _settled_above until the gap closes. Loop thread only.
+        self._taken = 0
+        self._watermark = 0
+        self._settled_above: set[int] = set()
+        self._loop_ended = False
+        # Lowest watermark a wait_settled() caller waits for: the loop signals only then.
         self._flush_targets: list[int] = []
         self._lowest_flush_target = math.inf
 
@@ -287,11 +298,15 @@ class LoopRunner:
         events cannot keep the caller waiting forever.
         """
         with self._settled_changed:
+            # A request is counted once it is in the queue, so the first ``target`` in
+            # the queue's order were all queued before this call.
             target = self._submitted
             self._flush_targets.append(target)
             self._lowest_flush_target = min(self._flush_targets)
             try:
-                return self._settled_changed.wait_for(lambda: self._settled >= target, timeout)
+                return self._settled_changed.wait_for(
+                    lambda: self._watermark >= target or self._loop_ended, timeout
+                )
             finally:
                 self._flush_targets.remove(target)
                 self._lowest_flush_target = min(self._flush_targets, default=math.inf)
@@ -340,6 +355,10 @@ class LoopRunner:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
+                # Nothing can settle any more: no wait_settled() may wait for it.
+                with self._settled_changed:
+                    self._loop_ended = True
+                    self._settled_changed.notify_all()
 
     async def _main(self) -> None:
         # The janus queue binds to the loop that first uses it: create it here, on ours.
@@ -413,6 +432,8 @@ class LoopRunner:
                     except janus.AsyncQueueEmpty:
                         return
                     self._consumer_idle = False
+                request.seq = self._taken
+                self._taken += 1
                 try:
                     if not self._dispatch(request):
                         return
@@ -579,9 +600,21 @@ class LoopRunner:
             request.resolve(result, error)
         finally:
             self._settled += 1
-            if self._settled >= self._lowest_flush_target:
-                with self._settled_changed:
-                    self._settled_changed.notify_all()
+            self._advance_watermark(request.seq)
+
+    def _advance_watermark(self, seq: int) -> None:
+        if seq != self._watermark:
+            self._settled_above.add(seq)  # an earlier request is still pending
+            return
+        mark = seq + 1
+        above = self._settled_above
+        while above and mark in above:
+            above.remove(mark)
+            mark += 1
+        self._watermark = mark
+        if mark >= self._lowest_flush_target:
+            with self._settled_changed:
+                self._settled_changed.notify_all()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self._loop_or_fail().create_task(coroutine)

@@ -382,8 +382,12 @@ class JetStreamEventSink:
         """
         timeout = check_optional_timeout("timeout", timeout)
         timeout = self._settings.publish_timeout if timeout is None else timeout
-        request = self._submit(event, BlockingRequest, timeout, wait_for_room=timeout)
-        if not request.wait(timeout + _CALLER_GRACE_SECONDS):
+        # One deadline for the whole call: time spent waiting for room in the queue is
+        # not given again to the wait for the ack.
+        deadline = time.monotonic() + timeout
+        request = self._submit(event, BlockingRequest, deadline, room_deadline=deadline)
+        remaining = request.deadline - time.monotonic()
+        if not request.wait(max(0.0, remaining) + _CALLER_GRACE_SECONDS):
             raise PublishTimeoutError(
                 f"no JetStream ack within {timeout:g}s; the event may still be stored, "
                 f"re-emit it (same id) to be sure"
@@ -402,8 +406,12 @@ class JetStreamEventSink:
         """
         timeout = check_optional_timeout("timeout", timeout)
         timeout = self._settings.publish_timeout if timeout is None else timeout
+        now = time.monotonic()
         request = self._submit(
-            event, FutureRequest, self._settings.publish_timeout, wait_for_room=timeout
+            event,
+            FutureRequest,
+            now + self._settings.publish_timeout,
+            room_deadline=now + timeout,
         )
         return request.future
 
@@ -419,7 +427,7 @@ class JetStreamEventSink:
         return True if runner is None else runner.wait_settled(timeout)
 
     def _submit(
-        self, event: EventLike, kind: type[_Request], timeout: float, wait_for_room: float
+        self, event: EventLike, kind: type[_Request], deadline: float, room_deadline: float
     ) -> _Request:
         if self._closed:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
@@ -444,9 +452,12 @@ class JetStreamEventSink:
             raise
         if permit.is_probe:
             self._probes += 1
-        request = kind(subject, payload, headers, time.monotonic() + timeout, permit)
+            # Everyone else fails fast until the probe's verdict: the sink's own
+            # publish_timeout bounds it, whatever timeout its caller passed.
+            deadline = min(deadline, time.monotonic() + self._settings.publish_timeout)
+        request = kind(subject, payload, headers, deadline, permit)
         try:
-            runner.submit(request, wait_for_room)
+            runner.submit(request, max(0.0, room_deadline - time.monotonic()))
         except BaseException:
             breaker.release(permit)
             raise

@@ -7,7 +7,14 @@ event lost or misreported, a background thread that keeps draining.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -16,9 +23,14 @@ from cellos_sink_jetstream import (
     CloudEventV1,
     ConfigError,
     JetStreamEventSink,
+    PublishTimeoutError,
+    SinkError,
 )
+from cellos_sink_jetstream._server import NatsServer
 from tests._nats import read_stream
+from tests._polling import wait_until
 from tests.conftest import StagedStream
+from tests.fakes import GatedPublisher
 
 #: Timeouts no call may accept: not finite, not positive, past the documented bound, or
 #: not a number at all.
@@ -40,6 +52,32 @@ def event(n: int, prefix: str = "misuse", **kwargs: Any) -> CloudEventV1:
     return CloudEventV1(
         id=f"{prefix}-{n}", source="/misuse", type="cell.misuse", data={"n": n}, **kwargs
     )
+
+
+def in_thread(fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    """Run ``fn`` on a new thread; its outcome lands in the returned future."""
+    outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(fn())
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return outcome
+
+
+@contextlib.contextmanager
+def frozen(server: NatsServer) -> Iterator[None]:
+    """SIGSTOP the server (sockets open, nothing read or answered), SIGCONT after."""
+    pid = server.pid
+    assert pid is not None, f"{server!r} is not running"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def stored_ids(stream: StagedStream) -> list[str]:
@@ -117,3 +155,87 @@ def test_the_loop_drains_whatever_deadline_a_request_carries(stream: StagedStrea
         for n in range(3):
             sink.emit(event(n, "still-draining"))
         assert sink.flush(10) is True
+
+
+# -- 4. flush() waits for every earlier outcome, in whatever order they come ------------
+
+
+def test_flush_waits_for_an_earlier_event_whose_outcome_comes_after_a_later_one() -> None:
+    publisher = GatedPublisher()
+    with JetStreamEventSink.from_publisher(
+        publisher, "cellos.events.flush", publish_timeout=30.0, retry_attempts=1
+    ) as sink:
+        earlier = sink.emit_nowait(event(1, "flush"))
+        earlier_call = publisher.next_call()
+        flushed = in_thread(lambda: sink.flush(1.0))
+        runner = sink._current_runner()
+        wait_until(lambda: runner._flush_targets, 5, "flush() never started waiting")
+        later = sink.emit_nowait(event(2, "flush"))
+        publisher.next_call().ack(seq=2)
+        later.result(5)
+        # The earlier event is still pending: flush() must not report success.
+        assert flushed.result(10) is False
+        earlier_call.ack(seq=1)
+        earlier.result(5)
+        assert sink.flush(5) is True
+
+
+# -- 6. every call keeps its own time bound, whatever other callers pass ---------------
+
+
+def test_a_probe_is_bounded_by_publish_timeout_whoever_sends_it(stream: StagedStream) -> None:
+    """A probe sent by ``publish(timeout=60)`` to a frozen server fails after the sink's
+    ``publish_timeout`` (0.5 s), so the next probe is scheduled; it used to hold the
+    circuit for the caller's 60 s."""
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("probe"), publish_timeout=0.5, retry_attempts=1
+    ) as sink:
+        sink.emit(event(0, "probe"))
+        with frozen(stream.server):
+            with pytest.raises(PublishTimeoutError):
+                sink.emit(event(1, "probe"))
+            assert sink.debug_state().attempt == 0  # type: ignore[union-attr]
+            wait_until(lambda: sink._breaker.retry_after() == 0, 10, "no probe became due")
+            probe = in_thread(lambda: sink.publish(event(2, "probe"), timeout=60))
+            wait_until(
+                lambda: getattr(sink.debug_state(), "attempt", 0) == 1,
+                20,
+                "the probe held the circuit for the caller's timeout, not publish_timeout",
+            )
+            with pytest.raises(PublishTimeoutError):
+                probe.result(5)
+            assert sink.stats().probes == 1
+
+
+def test_an_emit_keeps_its_bound_when_it_waited_for_room_in_the_queue() -> None:
+    """``max_in_flight=1``, ``max_queue=1``: others' long publishes hold the one slot and
+    the queue; the emit waits for room, gets in, then waits behind them. It must still
+    return within ``publish_timeout`` + 0.25 s from its start (it used to wait the full
+    timeout again once it got in). The margin below is generous: the bug took > 3.8 s."""
+    publish_timeout = 2.0
+    publisher = GatedPublisher()
+    with JetStreamEventSink.from_publisher(
+        publisher,
+        "cellos.events.bound",
+        publish_timeout=publish_timeout,
+        max_in_flight=1,
+        max_queue=1,
+        retry_attempts=1,
+    ) as sink:
+        holder = in_thread(lambda: sink.publish(event(1, "bound"), timeout=60))
+        holder_call = publisher.next_call()
+        queued = in_thread(lambda: sink.publish(event(2, "bound"), timeout=60))
+        wait_until(lambda: sink.stats().queue_depth == 1, 5, "the second publish never queued")
+        started = time.monotonic()
+        emitted = in_thread(lambda: sink.emit(event(3, "bound")))
+        # Not synchronisation: the scenario needs the emit to wait a while for room.
+        time.sleep(publish_timeout * 0.8)
+        holder_call.ack(seq=1)  # room: the queued publish goes in flight, the emit is queued
+        holder.result(5)
+        queued_call = publisher.next_call()
+        with pytest.raises(SinkError):
+            emitted.result(30)
+        took = time.monotonic() - started
+        assert took < publish_timeout + 0.25 + 0.75, f"emit() took {took:.2f}s"
+        queued_call.ack(seq=2)
+        queued.result(5)
