@@ -24,7 +24,7 @@ cannot be reached. Server URLs are only ever shown through
 from __future__ import annotations
 
 from ._check import nats_stream_add_command, stream_warnings
-from ._demo_workload import build_demo_workload
+from ._demo_events import build_demo_workload
 from ._emit import EmitTally, Emitter, Progress
 from ._exit_status import (
     EXIT_FAILURE,

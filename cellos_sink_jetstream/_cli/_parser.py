@@ -10,7 +10,7 @@ from .._subject import TENANT_ID_DEFAULT_TOKEN
 from .._version import __version__
 from ._check import cmd_check
 from ._demo import cmd_demo
-from ._demo_workload import DEMO_SUBJECT_TEMPLATE
+from ._demo_events import DEMO_SUBJECT_TEMPLATE
 from ._dev_server import cmd_dev_server
 from ._emit import cmd_emit
 from ._output import PROG
