@@ -19,6 +19,8 @@ from ._config import (
     ENV_CA_FILE,
     ENV_NATS_URL,
     ENV_REQUIRE_JETSTREAM,
+    ENV_SPOOL_DIR,
+    ENV_SPOOL_MAX_BYTES,
     ENV_USE_NOOP_SINK,
     redact_url,
 )
@@ -37,12 +39,16 @@ from ._errors import (
     ReentrantEmitError,
     SinkClosedError,
     SinkError,
+    SpoolError,
+    SpoolFullError,
+    SpoolLockedError,
     StreamMismatchError,
 )
 from ._event import CloudEventV1
 from ._publisher import PubAck, Publisher
 from ._retry import with_retry
 from ._sink import EventSink, JetStreamEventSink, NoopEventSink, SinkStats
+from ._spool import DEFAULT_SPOOL_MAX_BYTES, DeadLetter, SpoolingEventSink, SpoolStats
 from ._subject import TENANT_ID_DEFAULT_TOKEN, TENANT_ID_PLACEHOLDER, resolve_tenant_subject
 from ._version import __version__
 
@@ -52,9 +58,12 @@ _logging.getLogger("cellos_sink_jetstream").addHandler(_logging.NullHandler())
 
 __all__ = [
     "DEFAULT_NATS_URL",
+    "DEFAULT_SPOOL_MAX_BYTES",
     "ENV_CA_FILE",
     "ENV_NATS_URL",
     "ENV_REQUIRE_JETSTREAM",
+    "ENV_SPOOL_DIR",
+    "ENV_SPOOL_MAX_BYTES",
     "ENV_USE_NOOP_SINK",
     "TENANT_ID_DEFAULT_TOKEN",
     "TENANT_ID_PLACEHOLDER",
@@ -65,6 +74,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "Connected",
+    "DeadLetter",
     "EventSink",
     "FailureCause",
     "InvalidEventError",
@@ -82,6 +92,11 @@ __all__ = [
     "SinkClosedError",
     "SinkError",
     "SinkStats",
+    "SpoolError",
+    "SpoolFullError",
+    "SpoolLockedError",
+    "SpoolStats",
+    "SpoolingEventSink",
     "StreamMismatchError",
     "__version__",
     "build_primary_event_sink",

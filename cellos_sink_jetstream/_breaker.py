@@ -251,6 +251,20 @@ class CircuitBreaker:
             with self._lock:
                 self._probe_running = False
 
+    def open_for_connect(self) -> Permit:
+        """Start open, as ``Reconnecting(0, now)``, with the first connect as the probe.
+
+        For a sink that returns before it connected: every caller fails fast until the
+        returned probe permit is recorded (a success when the connect works). No
+        transition is reported: this is the breaker's initial state, not an outage seen.
+        """
+        with self._lock:
+            self._generation += 1
+            self._connected_permit = Permit(self._generation)
+            self._state = Reconnecting(0, self.now())
+            self._probe_running = True
+            return Permit(self._generation, is_probe=True)
+
     def reset(self) -> None:
         """Forget everything: ``Connected``, no probe running, a fresh lock.
 

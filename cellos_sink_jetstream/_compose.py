@@ -8,9 +8,18 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ._config import ENV_NATS_URL, ENV_REQUIRE_JETSTREAM, ENV_USE_NOOP_SINK, env_flag
+from ._config import (
+    ENV_NATS_URL,
+    ENV_REQUIRE_JETSTREAM,
+    ENV_SPOOL_DIR,
+    ENV_SPOOL_MAX_BYTES,
+    ENV_USE_NOOP_SINK,
+    env_flag,
+    env_positive_int,
+)
 from ._errors import ConnectError
 from ._sink import EventSink, JetStreamEventSink, NoopEventSink
+from ._spool import DEFAULT_SPOOL_MAX_BYTES, SpoolingEventSink
 
 __all__ = ["build_primary_event_sink"]
 
@@ -30,6 +39,13 @@ def build_primary_event_sink(
       :class:`NoopEventSink`, unless ``CELL_OS_REQUIRE_JETSTREAM`` is truthy, then raise
       :class:`ConnectError`.
 
+    - ``CELL_OS_SPOOL_DIR`` set: the JetStream sink is wrapped in a
+      :class:`SpoolingEventSink` on that directory (bounded by ``CELL_OS_SPOOL_MAX_BYTES``,
+      default 1 GiB), and NATS unreachable at startup no longer means the no-op sink:
+      events are spooled while the sink keeps connecting in the background
+      (``CELL_OS_REQUIRE_JETSTREAM`` still makes startup fail instead;
+      ``CELL_OS_USE_NOOP_SINK`` still wins).
+
     An announcement is one WARNING record on the ``cellos_sink_jetstream`` logger when the
     program configured logging (a handler on the root or the package logger), else one line
     on stderr: never both, never neither. The no-op sink's ``reason`` says the same.
@@ -40,6 +56,8 @@ def build_primary_event_sink(
     """
     use_noop = env_flag(env, ENV_USE_NOOP_SINK)
     require = env_flag(env, ENV_REQUIRE_JETSTREAM)
+    spool_dir = env.get(ENV_SPOOL_DIR, "").strip()
+    max_bytes = env_positive_int(env, ENV_SPOOL_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES)
     if use_noop and require:
         reason = (
             f"{ENV_USE_NOOP_SINK} and {ENV_REQUIRE_JETSTREAM} are both set; the no-op opt-in"
@@ -51,6 +69,15 @@ def build_primary_event_sink(
         reason = f"{ENV_USE_NOOP_SINK} is set"
         logger.info("%s: events go to the no-op sink", reason)
         return NoopEventSink(reason=reason)
+    if spool_dir:
+        return _spooling_sink(
+            subject,
+            env,
+            spool_dir=spool_dir,
+            max_bytes=max_bytes,
+            require=require,
+            options=options,
+        )
     try:
         return JetStreamEventSink.connect(None, subject, env=env, **options)
     except ConnectError as exc:
@@ -88,3 +115,34 @@ def _announce(detail: str) -> None:
 def _logging_configured() -> bool:
     handlers = [*logging.getLogger().handlers, *logger.handlers]
     return any(not isinstance(handler, logging.NullHandler) for handler in handlers)
+
+
+def _spooling_sink(
+    subject: str,
+    env: Mapping[str, str],
+    *,
+    spool_dir: str,
+    max_bytes: int,
+    require: bool,
+    options: dict[str, Any],
+) -> SpoolingEventSink:
+    try:
+        inner = JetStreamEventSink.connect(None, subject, env=env, **options)
+    except ConnectError as exc:
+        if require:
+            raise ConnectError(
+                f"{exc} ({ENV_REQUIRE_JETSTREAM} is set, so startup fails)"
+            ) from None
+        logger.warning(
+            "JetStream unreachable at startup: %s; events are spooled to %s (%s) and sent "
+            "once it is reachable",
+            exc,
+            spool_dir,
+            ENV_SPOOL_DIR,
+        )
+        inner = JetStreamEventSink.connect(None, subject, env=env, wait=False, **options)
+    try:
+        return SpoolingEventSink(inner, spool_dir, max_bytes=max_bytes)
+    except BaseException:
+        inner.close()
+        raise

@@ -19,8 +19,11 @@ __all__ = [
     "ENV_CA_FILE",
     "ENV_NATS_URL",
     "ENV_REQUIRE_JETSTREAM",
+    "ENV_SPOOL_DIR",
+    "ENV_SPOOL_MAX_BYTES",
     "ENV_USE_NOOP_SINK",
     "env_flag",
+    "env_positive_int",
     "redact_url",
     "resolve_servers",
     "scrub",
@@ -35,6 +38,11 @@ ENV_CA_FILE = "NATS_CA_FILE"
 ENV_REQUIRE_JETSTREAM = "CELL_OS_REQUIRE_JETSTREAM"
 #: Truthy: use the no-op sink and never connect.
 ENV_USE_NOOP_SINK = "CELL_OS_USE_NOOP_SINK"
+#: A directory: wrap the JetStream sink in a durable local spool there (nothing is lost
+#: while NATS is down, at startup included).
+ENV_SPOOL_DIR = "CELL_OS_SPOOL_DIR"
+#: Most bytes the spool may use on disk (a positive integer; default 1 GiB).
+ENV_SPOOL_MAX_BYTES = "CELL_OS_SPOOL_MAX_BYTES"
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -60,6 +68,23 @@ def env_flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(
         f"{name}={raw[:40]!r} is not a boolean; use one of 1/true/yes/on or 0/false/no/off"
     )
+
+
+def env_positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    """Read a positive integer environment variable; unset or empty gives ``default``.
+
+    Anything else than a positive integer raises :class:`ConfigError` naming the variable.
+    """
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{name}={raw[:40]!r} is not a positive integer (a number of bytes)")
+    return value
 
 
 def redact_url(url: str) -> str:

@@ -11,6 +11,9 @@ Every error the library raises derives from :class:`SinkError`::
     ├── SinkClosedError                    the sink was closed
     ├── ReentrantEmitError(RuntimeError)   emit() called from the sink's own loop thread
     ├── BackpressureError                  queue / in-flight limit full for longer than allowed
+    ├── SpoolError(OSError)                the local spool cannot durably keep an event
+    │   ├── SpoolFullError                 the spool reached its max_bytes
+    │   └── SpoolLockedError               another process has the spool directory open
     ├── PublishError                       the event was not (known to be) stored
     │   ├── CircuitOpenError               fail-fast: the circuit is open (`cause`, `retry_after`)
     │   ├── PublishTimeoutError(TimeoutError)  no ack in time: the event MAY still be stored
@@ -55,6 +58,9 @@ __all__ = [
     "ReentrantEmitError",
     "SinkClosedError",
     "SinkError",
+    "SpoolError",
+    "SpoolFullError",
+    "SpoolLockedError",
     "StreamMismatchError",
 ]
 
@@ -199,6 +205,11 @@ class PublishError(SinkError):
         """The failure's category (:class:`FailureCause`), or ``None`` when it has none."""
         return self._cause
 
+    #: ``True`` when JetStream refused this very message for good (too large for the
+    #: stream, a rejected header): sending it again cannot succeed, and it says nothing
+    #: about whether NATS is up.
+    permanent = False
+
 
 class CircuitOpenError(PublishError):
     """Fast failure: the breaker is open because publishing to NATS failed.
@@ -277,3 +288,41 @@ class NatsServerError(SinkError, RuntimeError):
     Raised by the CLI's ``dev-server`` and ``demo``; the message carries the end of the
     server's log.
     """
+
+
+class SpoolError(SinkError, OSError):
+    """The local spool could not durably keep an event, or cannot be used at all.
+
+    Disk full, read-only, an I/O error, a corrupt or newer-schema file. Raised by
+    :meth:`SpoolingEventSink.emit` only when the event is *not* durably stored: the spool
+    never reports durable what is not.
+    """
+
+
+class SpoolFullError(SpoolError):
+    """The spool holds ``max_bytes`` already; the event was not stored (never dropped silently)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the spool is full: {size} bytes in use, the limit is {limit} bytes; the event was "
+            f"not stored. Bring NATS back (the spool drains by itself) or raise max_bytes"
+        )
+        #: Bytes in use (plus the refused events) when the limit was hit.
+        self.size = size
+        #: The spool's ``max_bytes``.
+        self.limit = limit
+
+
+class SpoolLockedError(SpoolError):
+    """Another :class:`SpoolingEventSink` (in this or another process) has the directory open."""
+
+    def __init__(self, path: str, pid: Optional[int]) -> None:
+        holder = f"process {pid}" if pid is not None else "another process (pid unknown)"
+        super().__init__(
+            f"the spool directory {path} is in use by {holder}; one process per spool "
+            f"directory: stop that process or give this one its own directory"
+        )
+        #: The spool directory.
+        self.path = path
+        #: Process id of the lock holder, as it wrote it into the lock file.
+        self.pid = pid

@@ -411,6 +411,18 @@ class NatsPublisher:
         """The server's ``max_payload`` (bytes of headers plus payload)."""
         return int(self._nc.max_payload)
 
+    async def stream_duplicate_window(self, stream: str, timeout: float) -> Optional[float]:
+        """Stream ``stream``'s duplicate window in seconds, ``None`` when unknown."""
+        try:
+            reply = await self._nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=timeout)
+            body = json.loads(reply.data)
+        except (nats.errors.Error, asyncio.TimeoutError, ValueError):
+            return None
+        config = body.get("config") if isinstance(body, dict) else None
+        window = config.get("duplicate_window") if isinstance(config, dict) else None
+        # JetStream gives it in nanoseconds.
+        return window / 1e9 if isinstance(window, int) and window > 0 else None
+
     def listen(self, listener: AckListener) -> None:
         """Send the outcomes of :meth:`send_now` to ``listener`` (called on the event loop)."""
         self._listener = listener
@@ -535,10 +547,14 @@ class NatsPublisher:
                 f"JetStream refused the publish on {subject!r}: {description}; the subject is "
                 f"captured by another stream than the configured {self._expected_stream!r}"
             )
-        raise PublishError(
+        error = PublishError(
             f"JetStream refused the publish on {subject!r}: {description} "
             f"(code {details.get('code')}, err_code {details.get('err_code')})"
         )
+        # A 4xx says this message is at fault (too large for the stream, say), not NATS.
+        code = details.get("code")
+        error.permanent = isinstance(code, int) and 400 <= code < 500
+        raise error
 
     def _abandon_in_flight(self) -> None:
         # The connection dropped: these acks will never arrive, but the server may have

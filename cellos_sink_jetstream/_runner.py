@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Coroutine, Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import janus
 
@@ -40,6 +40,7 @@ __all__ = ["BlockingRequest", "FutureRequest", "LoopRunner", "PublishRequest"]
 logger = logging.getLogger("cellos_sink_jetstream")
 
 PublisherFactory = Callable[[], Awaitable[Publisher]]
+_T = TypeVar("_T")
 
 
 #: Told the outcome of a request just before its caller can see it: ``(request, ack, None)``,
@@ -213,6 +214,8 @@ class LoopRunner:
         self._forget: Callable[[int], None] = _forget_nothing
         self._flush_writes: Callable[[], None] = _flush_nothing
         self._stopping = False
+        # Set by start_in_background(): connect until it works, then call this.
+        self._on_connected: Optional[Callable[[], None]] = None
         # Requests queued vs settled, for wait_settled(): the first counted by callers
         # under the lock, the second only by the loop thread.
         self._count_lock = threading.Lock()
@@ -243,6 +246,16 @@ class LoopRunner:
         """The connected publisher, once :meth:`start` returned."""
         return self._publisher
 
+    def start_in_background(self, on_connected: Callable[[], None]) -> None:
+        """Start the thread and return at once; it connects until that works.
+
+        ``on_connected`` is called on the loop thread once the publisher is ready (and
+        never if :meth:`stop` comes first). Until then nothing may be submitted: the
+        caller keeps its circuit open.
+        """
+        self._on_connected = on_connected
+        self._thread.start()
+
     def start(self, timeout: float) -> None:
         """Start the thread and wait until the publisher is connected.
 
@@ -256,6 +269,23 @@ class LoopRunner:
         if self._startup_error is not None:
             self._thread.join(timeout)
             raise self._startup_error
+
+    def run_coroutine(self, coroutine: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        """Run ``coroutine`` on the loop and return its result (for rare control calls).
+
+        Raises :class:`SinkClosedError` when the loop is not running, and
+        ``concurrent.futures.TimeoutError`` after ``timeout`` seconds.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._stopping:
+            coroutine.close()
+            raise SinkClosedError("the sink is closed; create a new sink to emit events")
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
 
     def submit(self, request: PublishRequest, timeout: Optional[float]) -> None:
         """Queue ``request``, blocking up to ``timeout`` seconds while the queue is full."""
@@ -285,6 +315,11 @@ class LoopRunner:
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed: nothing to wake
                 loop.call_soon_threadsafe(self._drain)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping
 
     def outstanding(self) -> int:
         """Requests submitted whose outcome the caller has not been given yet."""
@@ -365,9 +400,14 @@ class LoopRunner:
         self._queue = janus.Queue(self._max_queue)
         self._queue_drained = asyncio.Event()
         try:
-            self._publisher = await self._connect()
+            if self._on_connected is None:
+                self._publisher = await self._connect()
+            else:
+                self._ready.set()  # nobody waits for the connect
+                self._publisher = await self._connect_until_up()
         except BaseException as exc:
             self._startup_error = exc
+        if self._publisher is None:
             self._queue.shutdown(immediate=True)
             self._ready.set()
             await self._queue.wait_closed()
@@ -381,6 +421,11 @@ class LoopRunner:
             self._forget = pipelined.forget
         self._consumer_idle = True  # the queue is empty: the first submit wakes _drain
         self._ready.set()
+        if self._on_connected is not None:
+            try:
+                self._on_connected()
+            except Exception:
+                logger.exception("the on-connected hook raised; ignored")
         try:
             await self._queue_drained.wait()
         finally:
@@ -394,6 +439,37 @@ class LoopRunner:
                 await self._close_publisher(close)
             self._queue.shutdown(immediate=True)
             await self._queue.wait_closed()
+
+    async def _connect_until_up(self) -> Optional[Publisher]:
+        """Connect, retrying with a capped backoff until it works or :meth:`stop`."""
+        attempt = 0
+        while not self._stopping:
+            try:
+                return await self._cancellable(self._connect())
+            except asyncio.CancelledError:
+                if self.stopping:
+                    return None
+                raise
+            except Exception as exc:
+                log = logger.warning if attempt == 0 else logger.debug
+                log("NATS is not reachable yet, connecting in the background: %s", exc)
+            attempt += 1
+            delay = min(_BACKGROUND_CONNECT_BASE * 2**attempt, _BACKGROUND_CONNECT_CAP)
+            try:
+                await self._cancellable(asyncio.sleep(delay))
+            except asyncio.CancelledError:
+                if self.stopping:
+                    return None
+                raise
+        return None
+
+    async def _cancellable(self, awaitable: Awaitable[_T]) -> _T:
+        # A task in _tasks: stop() cancels those, which ends a connect or a wait at once.
+        task: asyncio.Future[_T] = asyncio.ensure_future(awaitable)
+        tasks: set[Any] = self._tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return await task
 
     async def _close_publisher(self, close: Callable[..., Awaitable[None]]) -> None:
         # Whatever is left of the stop() budget, keeping a moment to end the thread.
@@ -687,6 +763,9 @@ def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
 
 
 _LEFTOVER_TASKS_TIMEOUT = 1.0
+# Waits between background connect attempts: 0.2 s doubling up to 2 s.
+_BACKGROUND_CONNECT_BASE = 0.1
+_BACKGROUND_CONNECT_CAP = 2.0
 # Granularity of publish deadlines on the pipelined path (callers wait 0.25 s longer).
 _DEADLINE_SLOT_SECONDS = 0.05
 
@@ -754,6 +833,8 @@ def _is_transient(exc: BaseException) -> bool:
     # ready yet after a restart. Never retried: an unknown outcome (the first attempt may
     # have been stored), the caller's own errors, and a stream mismatch, which retrying
     # cannot fix.
-    return isinstance(exc, PublishError) and not isinstance(
-        exc, (PublishTimeoutError, StreamMismatchError)
+    return (
+        isinstance(exc, PublishError)
+        and not exc.permanent
+        and not isinstance(exc, (PublishTimeoutError, StreamMismatchError))
     )

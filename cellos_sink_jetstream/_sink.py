@@ -255,6 +255,8 @@ class JetStreamEventSink:
         # None unless opentelemetry-api is installed and trace_context is on.
         self._stamp_trace = trace_stamper() if trace_context else None
         self._user_on_transition = on_transition
+        # Internal listeners (the spooling sink's replay thread), told after the user's.
+        self._transition_listeners: list[TransitionCallback] = []
         self._breaker = CircuitBreaker(clock, on_transition=self._on_transition)
         self._lock = threading.Lock()
         self._closed = False
@@ -274,9 +276,14 @@ class JetStreamEventSink:
         ca_file: Optional[str] = None,
         tls: Optional[ssl.SSLContext] = None,
         env: Mapping[str, str] = os.environ,
+        wait: bool = True,
         **options: Any,
     ) -> JetStreamEventSink:
         """Connect to NATS and return a ready sink.
+
+        With ``wait=False`` it returns at once, with the circuit open
+        (``Reconnecting(0, now)``: emits raise :class:`CircuitOpenError`), and keeps
+        connecting in the background; the first successful connect closes the circuit.
 
         Args:
             url: Server URL(s), comma-separated; ``None`` reads ``NATS_URL``, else
@@ -286,6 +293,7 @@ class JetStreamEventSink:
             ca_file: PEM root CA for TLS; ``None`` reads ``NATS_CA_FILE`` (if set).
             tls: A ready ``ssl.SSLContext`` (wins over ``ca_file``).
             env: Where environment variables are read from.
+            wait: ``False``: return at once and connect in the background (see above).
             **options: ``stream`` (expected stream name: sets ``Nats-Expected-Stream``),
                 ``publish_timeout`` (5 s), ``connect_timeout`` (5 s), ``max_in_flight``
                 (256), ``max_queue`` (8192), ``retry_attempts`` (3), ``on_transition``
@@ -297,7 +305,8 @@ class JetStreamEventSink:
 
         Raises:
             ConfigError: a bad argument or environment variable.
-            ConnectError: NATS was not reachable within ``connect_timeout``.
+            ConnectError: NATS was not reachable within ``connect_timeout`` (only with
+                ``wait=True``).
         """
         servers, _origin = resolve_servers(url, env)
         if tls is None:
@@ -325,7 +334,10 @@ class JetStreamEventSink:
             return publisher
 
         sink = cls(connect_publisher, subject, display_url=display_url, **options)
-        sink._start_runner()
+        if wait:
+            sink._start_runner()
+        else:
+            sink._start_runner_in_background()
         return sink
 
     @classmethod
@@ -496,7 +508,7 @@ class JetStreamEventSink:
             if ack.duplicate:
                 self._duplicates += 1
             self._breaker.record_success(permit)
-        elif isinstance(error, PublishError):
+        elif isinstance(error, PublishError) and not error.permanent:
             self._failed += 1
             self._breaker.record_failure(permit, error.cause or FailureCause.JETSTREAM_UNAVAILABLE)
         else:  # given up, the caller's own error, or closing: nothing learned about NATS
@@ -530,6 +542,32 @@ class JetStreamEventSink:
     def subject(self) -> str:
         """The subject template events are published to."""
         return self._settings.subject
+
+    @property
+    def publish_timeout(self) -> float:
+        """Seconds an ``emit()`` waits for its ack."""
+        return float(self._settings.publish_timeout)
+
+    def duplicate_window(
+        self, stream: Optional[str] = None, timeout: float = 2.0
+    ) -> Optional[float]:
+        """The duplicate window of ``stream`` (default: the configured one), in seconds.
+
+        Read from JetStream; ``None`` when it cannot be known (no stream named, not
+        connected, no answer within ``timeout``, or a publisher that cannot ask).
+        """
+        name = stream if stream is not None else self._settings.stream
+        runner = self._runner
+        publisher = None if runner is None else runner.publisher
+        lookup = getattr(publisher, "stream_duplicate_window", None)
+        if name is None or runner is None or not callable(lookup):
+            return None
+        try:
+            window = runner.run_coroutine(lookup(name, timeout), timeout + 0.5)
+        except Exception as exc:
+            logger.debug("reading stream %s's duplicate window failed: %s", name, exc)
+            return None
+        return None if window is None else float(window)
 
     @property
     def closed(self) -> bool:
@@ -572,21 +610,40 @@ class JetStreamEventSink:
                 self._user_on_transition(old, new)
             except Exception:
                 logger.exception("the on_transition callback raised; ignored")
+        for listener in self._transition_listeners:
+            try:
+                listener(old, new)
+            except Exception:
+                logger.exception("a transition listener raised; ignored")
+
+    def _add_transition_listener(self, listener: TransitionCallback) -> None:
+        # For wrappers in this package (the spooling sink waits on transitions).
+        self._transition_listeners.append(listener)
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def _start_runner(self) -> LoopRunner:
+        runner = self._make_runner()
+        runner.start(self._settings.connect_timeout + 1.0)
+        self._runner = runner
+        return runner
+
+    def _make_runner(self) -> LoopRunner:
         settings = self._settings
-        runner = LoopRunner(
+        return LoopRunner(
             self._connect,
             max_in_flight=settings.max_in_flight,
             max_queue=settings.max_queue,
             retry_attempts=settings.retry_attempts,
             on_outcome=self._on_outcome,
         )
-        runner.start(settings.connect_timeout + 1.0)
+
+    def _start_runner_in_background(self) -> None:
+        # The first connect is the open circuit's probe: its success closes the circuit.
+        permit = self._breaker.open_for_connect()
+        runner = self._make_runner()
         self._runner = runner
-        return runner
+        runner.start_in_background(lambda: self._breaker.record_success(permit))
 
     def _current_runner(self) -> LoopRunner:
         runner = self._runner

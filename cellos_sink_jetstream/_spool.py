@@ -1,0 +1,348 @@
+"""The spooling sink: nothing is lost while NATS is down.
+
+:class:`SpoolingEventSink` wraps any :class:`EventSink`. While its spool is empty an
+event goes straight through the inner sink; when that says NATS is unavailable or the
+outcome is unknown, the event is written durably to a local SQLite spool (see
+``_spool_store``) and ``emit()`` returns. One background thread replays the spool, oldest
+first (see ``_replay``); while the spool holds events, new ones queue behind them so
+JetStream receives events in the order their ``emit()`` returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Callable, Optional, Union
+
+from typing_extensions import Self
+
+from ._breaker import BreakerState
+from ._errors import ConfigError, SinkClosedError
+from ._event import CloudEventV1, coerce_event
+from ._replay import (
+    CALLER_ERRORS,
+    Replayer,
+    ReplayStopped,
+    describe_refusal,
+    is_permanent_refusal,
+)
+from ._sink import EventLike, EventSink, JetStreamEventSink, SinkStats
+from ._spool_store import DeadLetter, SpoolStore
+from ._subject import TENANT_ID_PLACEHOLDER, resolve_tenant_subject
+
+__all__ = ["DEFAULT_SPOOL_MAX_BYTES", "DeadLetter", "SpoolStats", "SpoolingEventSink"]
+
+logger = logging.getLogger("cellos_sink_jetstream")
+
+#: Default bound of a spool directory: 1 GiB.
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30
+# Waits after an unexpected replay failure (a disk error, say) before the next pass.
+_REPLAY_ERROR_BACKOFF = 1.0
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """A snapshot of a :class:`SpoolingEventSink`.
+
+    Attributes:
+        spooled: Events written to the spool since this sink opened.
+        replayed: Spooled events JetStream acknowledged since this sink opened.
+        dead_lettered: Events moved to the dead-letter table since this sink opened.
+        replayed_late: Replayed events older than the stream's duplicate window (they may
+            be stored twice if their first send's outcome was unknown).
+        depth: Events in the spool now (dead letters not included).
+        bytes: Size of the spool's files on disk now.
+        oldest_age_s: Age in seconds of the oldest event in the spool now (0.0 when empty).
+        dead_letters: Events in the dead-letter table now.
+        inner: The inner sink's :class:`SinkStats` (``None`` if it keeps none).
+    """
+
+    spooled: int
+    replayed: int
+    dead_lettered: int
+    replayed_late: int
+    depth: int
+    bytes: int
+    oldest_age_s: float
+    dead_letters: int
+    inner: Optional[SinkStats]
+
+
+class SpoolingEventSink:
+    """An :class:`EventSink` that spools to local disk what NATS cannot take right now.
+
+    ``emit(event)`` returns once JetStream acknowledged the event or once it is durably in
+    the spool; it raises only for the caller's own errors (``InvalidEventError``,
+    ``InvalidSubjectError``, ``PayloadTooLargeError``, ``ConfigError``) and for
+    :class:`SpoolError` (disk full, read-only, I/O error, over ``max_bytes``). Events
+    JetStream refuses for good go to a dead-letter table in the same spool.
+
+    Example::
+
+        inner = JetStreamEventSink.connect(None, "cellos.events.{tenantId}", wait=False)
+        with SpoolingEventSink(inner, "/var/lib/cellos/spool") as sink:
+            sink.emit(event)
+    """
+
+    def __init__(
+        self,
+        inner: EventSink,
+        path: Union[str, os.PathLike[str]],
+        *,
+        max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        clock: Optional[Callable[[], float]] = None,
+    ) -> None:
+        """Open (or create) the spool in directory ``path`` and start replaying it.
+
+        Args:
+            inner: Where events go: a :class:`JetStreamEventSink` (replay then pipelines
+                with ``emit_nowait()``) or any other :class:`EventSink`.
+            path: The spool directory; one process at a time may use it.
+            max_bytes: Most bytes the spool may use on disk; beyond, ``emit()`` raises
+                :class:`SpoolFullError`.
+            clock: Wall clock for event ages (``time.time`` by default).
+
+        Raises:
+            ConfigError: a bad ``max_bytes``.
+            SpoolLockedError: another sink (any process) has ``path`` open.
+            SpoolError: the directory or its database cannot be used.
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ConfigError(f"max_bytes must be a positive int, got {max_bytes!r}")
+        self._inner = inner
+        self._now = clock if clock is not None else time.time
+        self._store = SpoolStore(os.fspath(path), max_bytes)
+        self._jetstream = inner if isinstance(inner, JetStreamEventSink) else None
+        self._spooled = 0
+        self._dead_lettered = 0
+        self._closed = False
+        self._close_lock = threading.Lock()
+        # Replay thread state, guarded by _cond: new work, an interruption (close, or the
+        # inner circuit's transition), and drain() callers waiting for an empty spool.
+        self._cond = threading.Condition(threading.Lock())
+        self._new_work = False
+        self._interrupted = False
+        self._stopping = False
+        self._spooling_logged = False
+        self._replayer = Replayer(
+            self._store, inner, now=self._now, on_progress=self._on_replay_progress
+        )
+        if self._jetstream is not None:
+            self._jetstream._add_transition_listener(self._on_inner_transition)
+        self._thread = threading.Thread(
+            target=self._replay_loop, name="cellos-sink-jetstream-spool", daemon=True
+        )
+        self._thread.start()
+
+    # -- emitting --------------------------------------------------------------------
+
+    def emit(self, event: EventLike) -> None:
+        """Deliver ``event`` to JetStream, or durably to the spool when NATS cannot take it.
+
+        Raises:
+            InvalidEventError: the event is invalid (``PayloadTooLargeError`` included).
+            InvalidSubjectError: its tenant id is not a safe subject token.
+            SpoolFullError: the spool is at ``max_bytes``; the event was not stored.
+            SpoolError: the disk refused the write; the event was not stored.
+            SinkClosedError: the sink is closed.
+        """
+        if self._closed:
+            raise SinkClosedError("the spooling sink is closed; create a new one to emit events")
+        if not isinstance(event, CloudEventV1):
+            event = coerce_event(event)
+        if self._store.depth == 0:
+            try:
+                self._inner.emit(event)
+            except CALLER_ERRORS:
+                raise
+            except Exception as exc:
+                if is_permanent_refusal(exc):
+                    self._dead_letter(event, exc)
+                    return
+                self._spool(event, exc)
+            return
+        self._spool(event, None)
+
+    def _spool(self, event: CloudEventV1, reason: Optional[BaseException]) -> None:
+        payload = event.to_json()
+        if self._jetstream is not None:
+            # The subject is resolved only at replay: refuse an unsafe tenant id now, while
+            # the caller can still hear about it.
+            subject = self._jetstream.subject
+            if TENANT_ID_PLACEHOLDER in subject:
+                resolve_tenant_subject(subject, event)
+        self._store.append(event.id, payload, self._now())
+        with self._cond:
+            self._spooled += 1
+            self._new_work = True
+            self._cond.notify_all()
+        if reason is not None and not self._spooling_logged:
+            self._spooling_logged = True
+            logger.warning(
+                "NATS cannot take events right now (%s); spooling them to %s until it can",
+                type(reason).__name__,
+                self._store.directory,
+            )
+
+    def _dead_letter(self, event: CloudEventV1, error: BaseException) -> None:
+        now = self._now()
+        reason = describe_refusal(error)
+        self._store.dead_letter(
+            event.id, event.to_json(), spooled_at=now, failed_at=now, error=reason
+        )
+        with self._cond:
+            self._dead_lettered += 1
+        logger.warning(
+            "JetStream refused event %r for good (%s); it is in the dead-letter table of the "
+            "spool at %s and is not retried",
+            event.id,
+            reason,
+            self._store.directory,
+        )
+
+    # -- replay thread ---------------------------------------------------------------
+
+    def _replay_loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._new_work = self._interrupted = False
+            try:
+                delay = self._replayer.run_once()
+            except ReplayStopped:
+                logger.info("the inner sink closed: spool replay stops")
+                return
+            except Exception:
+                if self._closed:
+                    return
+                logger.exception("spool replay failed; retrying in %gs", _REPLAY_ERROR_BACKOFF)
+                delay = _REPLAY_ERROR_BACKOFF
+            with self._cond:
+                self._cond.notify_all()  # drain() callers re-check the depth
+                if delay is None:
+                    self._spooling_logged = False
+                    # Idle until an event is spooled; the depth check covers one spooled
+                    # while this pass ran.
+                    self._cond.wait_for(
+                        lambda: self._stopping or self._new_work or self._store.depth > 0
+                    )
+                elif delay > 0:
+                    # The circuit is open (or a failure backs off): new events do not help,
+                    # only time, a transition or close() do.
+                    self._cond.wait_for(lambda: self._stopping or self._interrupted, delay)
+
+    def _on_replay_progress(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _on_inner_transition(self, old: BreakerState, new: BreakerState) -> None:
+        with self._cond:
+            self._interrupted = True
+            self._cond.notify_all()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def stats(self) -> SpoolStats:
+        """A snapshot of the spool's counters and the inner sink's :class:`SinkStats`."""
+        oldest = self._store.oldest_spooled_at()
+        inner_stats: Any = getattr(self._inner, "stats", None)
+        replayer = self._replayer
+        return SpoolStats(
+            spooled=self._spooled,
+            replayed=replayer.replayed,
+            dead_lettered=self._dead_lettered + replayer.dead_lettered,
+            replayed_late=replayer.replayed_late,
+            depth=self._store.depth,
+            bytes=self._store.size_on_disk(),
+            oldest_age_s=0.0 if oldest is None else max(0.0, self._now() - oldest),
+            dead_letters=self._store.dead_count,
+            inner=inner_stats() if callable(inner_stats) else None,
+        )
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """The events JetStream refused for good, with the refusal, oldest first."""
+        return self._store.dead_letters()
+
+    @property
+    def path(self) -> str:
+        """The spool directory (absolute)."""
+        return self._store.directory
+
+    @property
+    def inner(self) -> EventSink:
+        """The wrapped sink."""
+        return self._inner
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def drain(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the spool is empty: everything replayed and acknowledged.
+
+        Returns ``True`` once it is, ``False`` after ``timeout`` seconds (``None``: no
+        limit) or when the sink closed first.
+        """
+        with self._cond:
+            self._interrupted = True  # end a back-off: someone is waiting now
+            self._cond.notify_all()
+            return self._cond.wait_for(
+                lambda: self._store.depth == 0 or self._stopping, timeout
+            ) and (self._store.depth == 0)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop replay, close the spool and the inner sink; idempotent.
+
+        What is still spooled stays on disk for the next sink on this directory.
+        """
+        deadline = time.monotonic() + timeout
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        # Closing the inner sink settles what replay has in flight, so the thread ends.
+        self._thread.join(max(0.0, min(0.5, deadline - time.monotonic())))
+        _close_inner(self._inner, max(0.0, deadline - time.monotonic()))
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            logger.warning("the spool replay thread did not stop within %gs", timeout)
+        self._store.close()
+        depth = self._store.depth
+        if depth:
+            logger.info("closing with %d event(s) in the spool at %s", depth, self.path)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"depth={self._store.depth}"
+        return f"SpoolingEventSink(path={self.path!r}, {state}, inner={self._inner!r})"
+
+
+def _close_inner(inner: EventSink, timeout: float) -> None:
+    try:
+        if isinstance(inner, JetStreamEventSink):
+            inner.close(timeout)
+        else:
+            inner.close()
+    except Exception:  # the spool must still close
+        logger.exception("closing the inner sink failed")
