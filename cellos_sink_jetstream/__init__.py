@@ -45,6 +45,7 @@ from ._errors import (
     StreamMismatchError,
 )
 from ._event import CloudEventV1
+from ._otel import instrument
 from ._publisher import PubAck, Publisher
 from ._retry import with_retry
 from ._sink import EventSink, JetStreamEventSink, NoopEventSink, SinkStats
@@ -100,6 +101,7 @@ __all__ = [
     "StreamMismatchError",
     "__version__",
     "build_primary_event_sink",
+    "instrument",
     "redact_url",
     "resolve_tenant_subject",
     "with_retry",

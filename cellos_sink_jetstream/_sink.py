@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar, Union
 
@@ -25,6 +25,7 @@ from typing_extensions import Protocol, Self, runtime_checkable
 from ._binary_mode import CONTENT_MODES, BinaryEncoder
 from ._breaker import BreakerState, CircuitBreaker, Connected, Permit, Reconnecting
 from ._config import ENV_CA_FILE, redact_url, resolve_servers
+from ._error_type import error_type
 from ._errors import (
     CircuitOpenError,
     ConfigError,
@@ -155,6 +156,11 @@ class SinkStats:
         in_flight: Events queued or awaiting their ack right now.
         queue_depth: Events waiting in the queue right now.
         dropped: Events accepted and thrown away (only :class:`NoopEventSink` drops).
+        failed_by_cause: ``failed`` split by cause: ``connection_down``, ``no_stream``,
+            ``jetstream_unavailable``, ``timeout`` (the :class:`FailureCause` values),
+            ``stream_mismatch``, ``rejected`` (refused for good), ``backpressure``,
+            ``closed``, ``abandoned`` (the caller gave up while the event was queued),
+            ``payload_too_large``; only causes seen.
     """
 
     published: int
@@ -166,6 +172,7 @@ class SinkStats:
     in_flight: int
     queue_depth: int
     dropped: int = 0
+    failed_by_cause: Mapping[str, int] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -262,6 +269,7 @@ class JetStreamEventSink:
         self._closed = False
         self._runner: Optional[LoopRunner] = None
         self._published = self._duplicates = self._failed = 0
+        self._failed_by_cause: dict[str, int] = {}
         self._probes = self._openings = 0
         _LIVE_SINKS.add(self)
 
@@ -509,11 +517,17 @@ class JetStreamEventSink:
                 self._duplicates += 1
             self._breaker.record_success(permit)
         elif isinstance(error, PublishError) and not error.permanent:
-            self._failed += 1
+            self._count_failure(error)
             self._breaker.record_failure(permit, error.cause or FailureCause.JETSTREAM_UNAVAILABLE)
         else:  # given up, the caller's own error, or closing: nothing learned about NATS
-            self._failed += 1
+            self._count_failure(error)
             self._breaker.release(permit)
+
+    def _count_failure(self, error: Optional[BaseException]) -> None:
+        # Only the loop thread writes these; stats() copies the dict.
+        self._failed += 1
+        cause = error_type(error)
+        self._failed_by_cause[cause] = self._failed_by_cause.get(cause, 0) + 1
 
     # -- state ---------------------------------------------------------------------------
 
@@ -536,6 +550,7 @@ class JetStreamEventSink:
             breaker_openings=self._openings,
             in_flight=0 if runner is None else runner.outstanding(),
             queue_depth=0 if runner is None else runner.queue_depth(),
+            failed_by_cause=dict(self._failed_by_cause),
         )
 
     @property

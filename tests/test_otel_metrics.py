@@ -1,0 +1,348 @@
+"""OpenTelemetry metrics: each instrument moves as the events and the faults say.
+
+The SDK's in-memory reader collects what ``instrument()`` registered; the sinks talk to
+real nats-servers (the fixtures), except for the gauges of queued and in-flight events,
+which need publishes held open (a gated fake publisher).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+    Sum,
+)
+
+from cellos_sink_jetstream import (
+    CircuitOpenError,
+    CloudEventV1,
+    ConfigError,
+    FailureCause,
+    JetStreamEventSink,
+    NoStreamError,
+    PublishError,
+    SinkStats,
+    instrument,
+    with_retry,
+)
+from cellos_sink_jetstream._otel import DURATION_BUCKETS, INSTRUMENTS
+from tests._polling import wait_until
+from tests.conftest import StagedStream
+from tests.fakes import GatedPublisher
+
+TEMPLATE = "cellos.events.{tenantId}"
+ALLOWED_ATTRIBUTES = {
+    "messaging.system",
+    "messaging.destination.template",
+    "messaging.operation.name",
+    "messaging.operation.type",
+    "error.type",
+}
+
+
+class Metrics:
+    """Collects from an in-memory reader and answers questions about the points."""
+
+    def __init__(self) -> None:
+        self.reader = InMemoryMetricReader()
+        self.provider = MeterProvider(metric_readers=[self.reader])
+        self.kinds: dict[str, type] = {}
+        self.points: dict[str, list[Any]] = {}
+
+    def collect(self) -> Metrics:
+        data = self.reader.get_metrics_data()
+        self.points = {}
+        assert data is not None
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                assert scope.scope.name == "cellos_sink_jetstream"
+                for metric in scope.metrics:
+                    self.kinds[metric.name] = type(metric.data)
+                    self.points[metric.name] = list(metric.data.data_points)
+        return self
+
+    def value(self, name: str, **attributes: str) -> float:
+        """The sum of the points of ``name`` whose attributes include ``attributes``."""
+        wanted = {key.replace("_", "."): value for key, value in attributes.items()}
+        total = 0.0
+        for point in self.points.get(name, []):
+            assert isinstance(point, NumberDataPoint)
+            if all(point.attributes.get(k) == v for k, v in wanted.items()):
+                total += point.value
+        return total
+
+    def ok_sent(self) -> float:
+        return sum(
+            p.value
+            for p in self.points.get("messaging.client.sent.messages", [])
+            if "error.type" not in p.attributes
+        )
+
+    def errors(self, name: str = "messaging.client.sent.messages") -> dict[str, float]:
+        found: dict[str, float] = {}
+        for point in self.points.get(name, []):
+            kind = point.attributes.get("error.type")
+            if kind is not None:
+                found[kind] = found.get(kind, 0) + (
+                    point.count if isinstance(point, HistogramDataPoint) else point.value
+                )
+        return found
+
+    def durations(self, error: Optional[str] = None) -> int:
+        return sum(
+            p.count
+            for p in self.points.get("messaging.client.operation.duration", [])
+            if p.attributes.get("error.type") == error
+        )
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+def event(n: int, tenant: str = "acme") -> CloudEventV1:
+    return CloudEventV1(
+        id=f"evt-{n}", source="/supervisor", type="cell.started", data={"n": n},
+        extensions={"tenantid": tenant},
+    )  # fmt: skip
+
+
+def assert_bounded_attributes(metrics: Metrics) -> None:
+    for name, points in metrics.points.items():
+        for point in points:
+            assert set(point.attributes) <= ALLOWED_ATTRIBUTES, name
+            assert point.attributes["messaging.system"] == "nats"
+            assert point.attributes["messaging.destination.template"] == TEMPLATE
+            for value in point.attributes.values():
+                assert "acme" not in value
+                assert "globex" not in value
+                assert "evt-" not in value
+
+
+def test_every_instrument_moves_with_events_and_a_server_restart(
+    stream: StagedStream, metrics: Metrics
+) -> None:
+    server = stream.server
+    with JetStreamEventSink.connect(
+        stream.url, TEMPLATE, publish_timeout=2.0, retry_attempts=1
+    ) as sink:
+        instrument(sink, metrics.provider)
+        for n, tenant in enumerate(["acme", "globex", "acme"]):
+            sink.emit(event(n, tenant))
+        sink.emit(event(0))  # a duplicate
+        metrics.collect()
+        assert metrics.ok_sent() == 4
+        assert metrics.errors() == {}
+        assert metrics.value("cellos.sink.duplicates") == 1
+        assert metrics.durations() == 4
+        assert metrics.value("cellos.sink.circuit.state") == 0
+        assert metrics.value("cellos.sink.circuit.openings") == 0
+        assert metrics.value("cellos.sink.in_flight") == 0
+        assert metrics.value("cellos.sink.queue.depth") == 0
+
+        server.stop()
+        with pytest.raises(PublishError) as failure:
+            sink.emit(event(10))
+        with pytest.raises(CircuitOpenError):
+            sink.emit(event(11))
+        metrics.collect()
+        cause = str(failure.value.cause)
+        assert cause in {c.value for c in FailureCause}
+        assert metrics.errors() == {cause: 1}
+        assert metrics.value("cellos.sink.circuit.state") == 1
+        assert metrics.value("cellos.sink.circuit.openings") == 1
+        assert metrics.value("cellos.sink.fast_failed") == 1
+        assert metrics.errors("messaging.client.operation.duration") == {
+            cause: 1,
+            "circuit_open": 1,
+        }
+
+        server.start()
+        with_retry(100, lambda: sink.emit(event(12)), retry_on=(PublishError,), max_delay=0.2)
+        metrics.collect()
+        assert metrics.value("cellos.sink.circuit.state") == 0
+        assert metrics.value("cellos.sink.circuit.openings") == 1
+        assert metrics.value("cellos.sink.probes") >= 1
+        assert metrics.ok_sent() == 5
+        assert metrics.durations() == 5
+        stats = sink.stats()
+        assert metrics.value("cellos.sink.fast_failed") == stats.fast_failed
+        assert metrics.value("cellos.sink.probes") == stats.probes
+        assert sum(metrics.errors().values()) == stats.failed
+    assert_bounded_attributes(metrics)
+
+
+def test_a_missing_stream_is_counted_as_no_stream(stream: StagedStream, metrics: Metrics) -> None:
+    with JetStreamEventSink.connect(stream.url, "nobody.listens.{tenantId}") as sink:
+        instrument(sink, metrics.provider)
+        with pytest.raises(NoStreamError):
+            sink.emit(event(1))
+    metrics.collect()
+    assert metrics.errors() == {"no_stream": 1}
+    assert (
+        metrics.value(
+            "messaging.client.sent.messages",
+            messaging_destination_template="nobody.listens.{tenantId}",
+        )
+        == 1
+    )
+    assert sink.stats().failed_by_cause == {"no_stream": 1}
+
+
+def test_queue_depth_and_in_flight_gauges_follow_held_publishes(metrics: Metrics) -> None:
+    publisher = GatedPublisher()
+    with JetStreamEventSink.from_publisher(
+        publisher, TEMPLATE, max_in_flight=1, retry_attempts=1
+    ) as sink:
+        instrument(sink, metrics.provider)
+        futures = [sink.emit_nowait(event(n)) for n in range(3)]
+        first = publisher.next_call()
+        wait_until(lambda: sink.stats().queue_depth == 2, 5, "two events queued")
+        metrics.collect()
+        assert metrics.value("cellos.sink.in_flight") == 3
+        assert metrics.value("cellos.sink.queue.depth") == 2
+        first.ack(1)
+        publisher.next_call().ack(2)
+        publisher.next_call().fail()
+        for future in futures[:2]:
+            future.result(timeout=5)
+        with pytest.raises(PublishError):
+            futures[2].result(timeout=5)
+        metrics.collect()
+        assert metrics.value("cellos.sink.in_flight") == 0
+        assert metrics.value("cellos.sink.queue.depth") == 0
+        assert metrics.ok_sent() == 2
+        assert metrics.errors() == {"jetstream_unavailable": 1}
+        assert metrics.durations() == 0  # only emit() is timed
+
+
+def test_instruments_kinds_units_and_buckets_are_as_documented(
+    stream: StagedStream, metrics: Metrics
+) -> None:
+    with JetStreamEventSink.connect(stream.url, TEMPLATE) as sink:
+        instrument(sink, metrics.provider)
+        sink.emit(event(1))
+    metrics.collect()
+    expected = {"counter": Sum, "gauge": Gauge, "histogram": Histogram}
+    spool_only = {spec.name for spec in INSTRUMENTS if spec.name.startswith("cellos.sink.spool.")}
+    for spec in INSTRUMENTS:
+        if spec.name in spool_only:
+            assert spec.name not in metrics.points  # no spool: nothing reported
+            continue
+        assert metrics.kinds[spec.name] is expected[spec.kind], spec.name
+    (point,) = metrics.points["messaging.client.operation.duration"]
+    assert isinstance(point, HistogramDataPoint)
+    assert tuple(point.explicit_bounds) == DURATION_BUCKETS
+    assert point.attributes == {
+        "messaging.system": "nats",
+        "messaging.destination.template": TEMPLATE,
+        "messaging.operation.name": "publish",
+        "messaging.operation.type": "send",
+    }
+    assert 0 < point.sum < 10
+
+
+def test_sinks_with_one_template_add_up_and_instrumenting_twice_counts_once(
+    stream: StagedStream, metrics: Metrics
+) -> None:
+    with (
+        JetStreamEventSink.connect(stream.url, TEMPLATE) as one,
+        JetStreamEventSink.connect(stream.url, TEMPLATE) as two,
+    ):
+        instrument(one, metrics.provider)
+        instrument(one, metrics.provider)
+        instrument(two, metrics.provider)
+        one.emit(event(1))
+        two.emit(event(2))
+        two.emit(event(3))
+    metrics.collect()
+    assert metrics.ok_sent() == 3
+    assert metrics.durations() == 3
+
+
+@dataclass(frozen=True)
+class StandInSpoolStats:
+    spooled: int
+    replayed: int
+    dead_lettered: int
+    depth: int
+    inner: SinkStats
+
+
+class StandInSpool:
+    """What instrument() reads of a spooling wrapper: stats() with ``inner``, and ``inner``."""
+
+    def __init__(self, inner: JetStreamEventSink) -> None:
+        self.inner = inner
+        self.spooled = 0
+
+    def emit(self, event: CloudEventV1) -> None:
+        try:
+            self.inner.emit(event)
+        except PublishError:
+            self.spooled += 1
+
+    def stats(self) -> StandInSpoolStats:
+        return StandInSpoolStats(self.spooled, 0, 0, self.spooled, self.inner.stats())
+
+
+def test_a_wrapper_with_spool_counters_reports_them_and_the_inner_sinks(
+    stream: StagedStream, metrics: Metrics
+) -> None:
+    with JetStreamEventSink.connect(
+        stream.url, TEMPLATE, publish_timeout=2.0, retry_attempts=1
+    ) as inner:
+        spool = StandInSpool(inner)
+        instrument(spool, metrics.provider)
+        spool.emit(event(1))
+        stream.server.stop()
+        spool.emit(event(2))
+        spool.emit(event(3))
+        metrics.collect()
+    assert metrics.value("cellos.sink.spool.spooled") == 2
+    assert metrics.value("cellos.sink.spool.depth") == 2
+    assert metrics.value("cellos.sink.spool.replayed") == 0
+    assert metrics.value("cellos.sink.spool.dead_lettered") == 0
+    assert metrics.ok_sent() == 1
+    assert metrics.value("cellos.sink.fast_failed") == 1
+    assert metrics.value("cellos.sink.circuit.state") == 1
+    assert metrics.durations() == 3  # the wrapper's emit(), which never raised
+    assert_bounded_attributes(metrics)
+
+
+def test_instrument_needs_a_sink_with_stats(metrics: Metrics) -> None:
+    with pytest.raises(ConfigError, match="stats"):
+        instrument(object(), metrics.provider)
+
+
+def test_without_opentelemetry_the_import_works_and_instrument_says_what_to_install() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["opentelemetry"] = None  # as if not installed
+        from cellos_sink_jetstream import ConfigError, NoopEventSink, instrument
+        try:
+            instrument(NoopEventSink())
+        except ConfigError as exc:
+            print(exc)
+        print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stdout.splitlines()
+    assert "pip install 'cellos-sink-jetstream[otel]'" in lines[0]
+    assert lines[1] == "['opentelemetry']"
