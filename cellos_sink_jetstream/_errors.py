@@ -129,6 +129,10 @@ class ConfigError(SinkError, ValueError):
     """A constructor argument or environment variable has an invalid value."""
 
 
+#: ``InvalidEventError.attribute`` for the event as a whole (``_event.EVENT_ATTRIBUTE``).
+_WHOLE_EVENT = "(event)"
+
+
 class InvalidEventError(SinkError, ValueError):
     """An event attribute or its data cannot be written as CloudEvents JSON.
 
@@ -136,19 +140,33 @@ class InvalidEventError(SinkError, ValueError):
     """
 
     def __init__(self, attribute: str, problem: str) -> None:
-        super().__init__(f"invalid CloudEvent attribute {attribute!r}: {problem}")
-        #: Name of the offending attribute (``"data"``, ``"time"``, an extension name, ...).
+        super().__init__(self._describe(attribute, problem))
+        #: Name of the offending attribute (``"data"``, ``"time"``, an extension name, ...),
+        #: or ``"(event)"`` when the problem is the event as a whole (not JSON, not an object).
         self.attribute = attribute
+
+    @staticmethod
+    def _describe(attribute: str, problem: str) -> str:
+        if attribute == _WHOLE_EVENT:
+            return f"invalid CloudEvent: {problem}"
+        return f"invalid CloudEvent attribute {attribute!r}: {problem}"
 
 
 class PayloadTooLargeError(InvalidEventError):
-    """The serialised event is larger than the server accepts (its ``max_payload``)."""
+    """The serialised event is larger than the server accepts (its ``max_payload``).
+
+    ``attribute`` is ``"data"``, the part to shrink; the message speaks of the event's size.
+    """
+
+    @staticmethod
+    def _describe(attribute: str, problem: str) -> str:
+        return f"CloudEvent too large: {problem}"
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(
             "data",
-            f"the serialised event is {size} bytes, over the server's max_payload of "
-            f"{limit} bytes; shrink the data or raise max_payload on the server",
+            f"serialised with its headers it is {size} bytes, over the server's max_payload "
+            f"of {limit} bytes; shrink the data or raise max_payload on the server",
         )
         #: Size in bytes of the payload plus headers that was refused.
         self.size = size

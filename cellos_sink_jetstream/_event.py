@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Union
 
-from cellos_sink_jetstream._errors import InvalidEventError
+from cellos_sink_jetstream._errors import _WHOLE_EVENT, InvalidEventError
 
 __all__ = [
     "CONTENT_TYPE",
@@ -70,7 +70,7 @@ CORE_ATTRIBUTES = frozenset(
 #: Value of :attr:`InvalidEventError.attribute <cellos_sink_jetstream.InvalidEventError>`
 #: when the problem is the document as a whole (not JSON, not an object), not one attribute.
 #: The parentheses keep it from ever colliding with a real extension name.
-EVENT_ATTRIBUTE = "(event)"
+EVENT_ATTRIBUTE = _WHOLE_EVENT
 
 #: Type of an extension attribute value: CloudEvents String, Integer or Boolean.
 ExtensionValue = Union[str, int, bool]
@@ -698,9 +698,13 @@ class CloudEventV1:
                 object_pairs_hook=_reject_duplicate_members,
                 parse_constant=_reject_non_finite,
             )
+        except json.JSONDecodeError as exc:
+            raise InvalidEventError(
+                EVENT_ATTRIBUTE, f"the text is not valid JSON: {_json_error(exc)}"
+            ) from None
         except (ValueError, TypeError, RecursionError) as exc:
             raise InvalidEventError(
-                EVENT_ATTRIBUTE, f"is not valid JSON: {_preview(str(exc), 200)}"
+                EVENT_ATTRIBUTE, f"the text is not valid JSON: {_preview(str(exc), 200)}"
             ) from None
         if not isinstance(parsed, dict):
             raise InvalidEventError(
@@ -725,6 +729,23 @@ class CloudEventV1:
 
         event = from_nats_message(headers, body)
         return event if type(event) is cls else cls.from_dict(event.to_dict())
+
+
+def _json_error(exc: json.JSONDecodeError) -> str:
+    """Where the JSON went wrong, relative to the text a caller sees (one line, usually).
+
+    json counts the trailing newline of a line read from a file as a line of its own, so a
+    line cut short would be reported at "line 2 column 1" of a one-line document.
+    """
+    text = exc.doc.rstrip()
+    if exc.pos >= len(text):
+        where = "at the end of the text (it is cut short)"
+    elif "\n" not in text:
+        where = f"at column {exc.colno}"
+    else:
+        where = f"at line {exc.lineno} column {exc.colno}"
+    # json's messages are its own fixed phrases ("Expecting value"), never the input.
+    return f"{exc.msg[:100]} {where}"
 
 
 def _decode_base64(value: object) -> bytes:

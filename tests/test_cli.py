@@ -167,7 +167,7 @@ def test_emit_skips_an_invalid_line_and_names_it(
     status = main(["emit", str(events), "--subject", TEMPLATE, "--url", stream.url])
     captured = capsys.readouterr()
     assert status == EXIT_OK, captured.err
-    assert "line 2: invalid CloudEvent attribute '(event)': is not valid JSON" in captured.err
+    assert "line 2: invalid CloudEvent: the text is not valid JSON: " in captured.err
     assert "line 4: the tenant id 'bad tenant'" in captured.err
     assert "published   2 (2 new, 0 duplicates)" in captured.out
     assert "invalid     2 lines skipped" in captured.out
@@ -177,6 +177,68 @@ def test_emit_skips_an_invalid_line_and_names_it(
         ("cellos.events.acme", "e1"),
         ("cellos.events.globex", "e3"),
     ]
+
+
+def test_emit_reports_json_errors_at_the_file_line_not_json_s(
+    stream: StagedStream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = write_lines(
+        tmp_path / "events.jsonl",
+        *(event_line(f"j{n}") for n in range(8)),
+        '{"specversion": "1.0", "id": ',  # line 9, cut short
+        '{"specversion" "1.0"}',  # line 10, a colon missing
+    )
+    status = main(["emit", str(events), "--subject", TEMPLATE, "--url", stream.url])
+    captured = capsys.readouterr()
+    assert status == EXIT_OK, captured.err
+    reports = [line for line in captured.err.splitlines() if "not valid JSON" in line]
+    assert reports == [
+        "cellos-jetstream: line 9: invalid CloudEvent: the text is not valid JSON: Expecting "
+        "value at the end of the text (it is cut short); skipped",
+        "cellos-jetstream: line 10: invalid CloudEvent: the text is not valid JSON: Expecting "
+        "':' delimiter at column 16; skipped",
+    ]
+    assert "'(event)'" not in captured.err
+
+
+def test_emit_names_an_event_too_large_for_the_server_as_such(
+    nats_server_factory: ServerFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = nats_server_factory(max_payload=2048)
+    stage_stream(server.url, "CELLOS", ["cellos.events.>"])
+    events = write_lines(
+        tmp_path / "events.jsonl",
+        event_line("small-1"),
+        json.dumps(
+            {"specversion": "1.0", "id": "big", "source": "/s", "type": "t", "data": "x" * 4096}
+        ),
+        event_line("small-2"),
+    )
+    status = main(["emit", str(events), "--subject", TEMPLATE, "--url", server.url])
+    captured = capsys.readouterr()
+    assert status == EXIT_OK, captured.err
+    report = [line for line in captured.err.splitlines() if "line 2" in line]
+    assert len(report) == 1, captured.err
+    assert report[0].startswith("cellos-jetstream: line 2: CloudEvent too large: ")
+    assert "over the server's max_payload of 2048 bytes" in report[0]
+    assert "attribute" not in report[0]
+    assert [json.loads(m.data)["id"] for m in read_stream(server.url, "CELLOS")] == [
+        "small-1",
+        "small-2",
+    ]
+
+
+def test_emit_quiet_prints_no_summary(
+    stream: StagedStream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = write_lines(tmp_path / "e.jsonl", event_line("q1"), "{bad", event_line("q2"))
+    argv = ["emit", str(events), "--subject", TEMPLATE, "--url", stream.url, "-q"]
+    assert main([*argv, "--progress-interval", "0.000001"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "published" not in captured.err
+    assert "line 2: invalid CloudEvent" in captured.err  # problems are still reported
+    assert stored_ids(stream) == ["q1", "q2"]
 
 
 def test_emit_strict_stops_at_the_invalid_line(

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellos_sink_jetstream._errors import InvalidEventError
+from cellos_sink_jetstream._errors import InvalidEventError, PayloadTooLargeError
 from cellos_sink_jetstream._event import (
     CONTENT_TYPE,
     CORE_ATTRIBUTES,
@@ -677,6 +677,32 @@ def structured(**overrides: Any) -> dict[str, Any]:
 def test_from_json_rejects_garbage(raw: bytes) -> None:
     with pytest.raises(InvalidEventError):
         CloudEventV1.from_json(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (b'{"id": \n', "Expecting value at the end of the text (it is cut short)"),
+        (b'{"id" 1}\r\n', "Expecting ':' delimiter at column 7"),
+        (b'{"id": 1,\n "x" 2}', "Expecting ':' delimiter at line 2 column 6"),
+    ],
+)
+def test_json_errors_say_where_in_the_text_as_the_caller_sees_it(raw: bytes, said: str) -> None:
+    with pytest.raises(InvalidEventError) as excinfo:
+        CloudEventV1.from_json(raw)
+    assert str(excinfo.value) == f"invalid CloudEvent: the text is not valid JSON: {said}"
+
+
+def test_whole_event_errors_are_not_worded_as_an_attribute() -> None:
+    with pytest.raises(InvalidEventError) as excinfo:
+        CloudEventV1.from_json(b"[1]")
+    assert str(excinfo.value) == (
+        "invalid CloudEvent: a structured CloudEvent must be a JSON object, got list"
+    )
+    too_large = PayloadTooLargeError(5000, 4096)
+    assert str(too_large).startswith("CloudEvent too large: serialised with its headers it is")
+    assert "attribute" not in str(too_large)
+    assert (too_large.attribute, too_large.size, too_large.limit) == ("data", 5000, 4096)
 
 
 def test_non_document_errors_name_the_event_as_a_whole() -> None:

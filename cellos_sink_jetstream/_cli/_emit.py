@@ -278,7 +278,8 @@ def cmd_emit(args: argparse.Namespace) -> int:
             keep_going=args.keep_going,
         )
         tally = emitter.run(_numbered_lines(lines))
-    _print_emit_summary(emitter, target, template, args.file)
+    if not args.quiet:
+        _print_emit_summary(emitter, target, template, args.file)
     if emitter.aborted is not None:
         raise CliError(emitter.aborted)
     if tally.failed:

@@ -154,7 +154,12 @@ def _add_emit(commands: Any) -> None:
         metavar="SECONDS",
         help="wait this long for each acknowledgement (default: 5)",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress display and no summary: only problems are printed (on stderr)",
+    )
     parser.add_argument(
         "--progress-interval",
         type=_positive_float,
