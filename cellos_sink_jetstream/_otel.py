@@ -97,7 +97,7 @@ class _Reading(NamedTuple):
     """What one sink's counters say at one collection."""
 
     attributes: Attributes
-    stats: Any  # SinkStats, or anything with its fields
+    stats: Any  # SinkStats (or anything with its fields), or None
     spool: Any  # SpoolStats-like, or None
     circuit_open: Optional[bool]
 
@@ -108,7 +108,6 @@ class _Watched:
     def __init__(self, sink: Any, attributes: Attributes) -> None:
         self._sink = weakref.ref(sink)
         self.attributes = attributes
-        self._breaker_holder = _find(sink, "debug_state")
 
     def sink(self) -> Any:
         return self._sink()
@@ -118,14 +117,16 @@ class _Watched:
         if sink is None:
             return None
         stats = sink.stats()
-        # A wrapper (the spool) reports its own counters and the wrapped sink's as `inner`.
-        inner = getattr(stats, "inner", None)
-        spool = stats if hasattr(stats, "spooled") else None
+        # A wrapper (the spool) reports its own counters, and the wrapped sink's SinkStats
+        # as `inner` (None when the wrapped sink keeps none).
+        spool = None
+        if hasattr(stats, "spooled"):
+            spool, stats = stats, getattr(stats, "inner", None)
         circuit_open = None
-        holder = self._breaker_holder
+        holder = _find(sink, "debug_state")
         if holder is not None:
             circuit_open = not isinstance(holder.debug_state(), Connected)
-        return _Reading(self.attributes, stats if inner is None else inner, spool, circuit_open)
+        return _Reading(self.attributes, stats, spool, circuit_open)
 
 
 def _find(sink: Any, attribute: str) -> Any:
@@ -211,7 +212,9 @@ class _Registry:
 
     def _each(self, value_of: Callable[[_Reading], int]) -> Callable[[Any], Any]:
         def observe(options: Any) -> Any:
-            return self._observe((r.attributes, value_of(r)) for r in self._readings())
+            return self._observe(
+                (r.attributes, value_of(r)) for r in self._readings() if r.stats is not None
+            )
 
         return observe
 
@@ -236,6 +239,8 @@ class _Registry:
             for reading in self._readings():
                 publish = _publish_attributes(reading.attributes)
                 stats = reading.stats
+                if stats is None:
+                    continue
                 yield publish, stats.published
                 by_cause: Mapping[str, int] = getattr(stats, "failed_by_cause", {})
                 for cause, count in by_cause.items():

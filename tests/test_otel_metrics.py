@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
@@ -32,11 +32,12 @@ from cellos_sink_jetstream import (
     JetStreamEventSink,
     NoStreamError,
     PublishError,
-    SinkStats,
+    SpoolingEventSink,
     instrument,
     with_retry,
 )
 from cellos_sink_jetstream._otel import DURATION_BUCKETS, INSTRUMENTS
+from tests._nats import stage_stream
 from tests._polling import wait_until
 from tests.conftest import StagedStream
 from tests.fakes import GatedPublisher
@@ -119,12 +120,12 @@ def event(n: int, tenant: str = "acme") -> CloudEventV1:
     )  # fmt: skip
 
 
-def assert_bounded_attributes(metrics: Metrics) -> None:
+def assert_bounded_attributes(metrics: Metrics, template: str = TEMPLATE) -> None:
     for name, points in metrics.points.items():
         for point in points:
             assert set(point.attributes) <= ALLOWED_ATTRIBUTES, name
             assert point.attributes["messaging.system"] == "nats"
-            assert point.attributes["messaging.destination.template"] == TEMPLATE
+            assert point.attributes["messaging.destination.template"] == template
             for value in point.attributes.values():
                 assert "acme" not in value
                 assert "globex" not in value
@@ -272,54 +273,72 @@ def test_sinks_with_one_template_add_up_and_instrumenting_twice_counts_once(
     assert metrics.durations() == 3
 
 
-@dataclass(frozen=True)
-class StandInSpoolStats:
-    spooled: int
-    replayed: int
-    dead_lettered: int
-    depth: int
-    inner: SinkStats
+SMALL_TEMPLATE = "small.{tenantId}"
 
 
-class StandInSpool:
-    """What instrument() reads of a spooling wrapper: stats() with ``inner``, and ``inner``."""
-
-    def __init__(self, inner: JetStreamEventSink) -> None:
-        self.inner = inner
-        self.spooled = 0
-
-    def emit(self, event: CloudEventV1) -> None:
-        try:
-            self.inner.emit(event)
-        except PublishError:
-            self.spooled += 1
-
-    def stats(self) -> StandInSpoolStats:
-        return StandInSpoolStats(self.spooled, 0, 0, self.spooled, self.inner.stats())
-
-
-def test_a_wrapper_with_spool_counters_reports_them_and_the_inner_sinks(
-    stream: StagedStream, metrics: Metrics
+def test_the_spool_reports_spooled_replayed_dead_lettered_and_depth(
+    stream: StagedStream, metrics: Metrics, tmp_path: Path
 ) -> None:
+    # A stream that refuses messages over 2 KB for good: the spool dead-letters them.
+    stage_stream(stream.url, "SMALL", ["small.>"], max_msg_size=2048)
     with JetStreamEventSink.connect(
-        stream.url, TEMPLATE, publish_timeout=2.0, retry_attempts=1
+        stream.url, SMALL_TEMPLATE, publish_timeout=2.0, retry_attempts=1
     ) as inner:
-        spool = StandInSpool(inner)
+        spool = SpoolingEventSink(inner, tmp_path / "spool")
+        try:
+            instrument(spool, metrics.provider)
+            spool.emit(event(1))
+            spool.emit(CloudEventV1(id="big", source="/s", type="t", data="x" * 4096))
+            metrics.collect()
+            assert metrics.value("cellos.sink.spool.dead_lettered") == 1
+            assert metrics.errors() == {"rejected": 1}
+            assert metrics.value("cellos.sink.circuit.state") == 0  # a refusal is no outage
+
+            stream.server.stop()
+            spool.emit(event(2))
+            spool.emit(event(3))
+            metrics.collect()
+            assert metrics.value("cellos.sink.spool.spooled") == 2
+            assert metrics.value("cellos.sink.spool.depth") == 2
+            assert metrics.value("cellos.sink.spool.replayed") == 0
+            assert metrics.value("cellos.sink.circuit.state") == 1
+            assert metrics.value("cellos.sink.circuit.openings") == 1
+
+            stream.server.start()
+            assert spool.drain(timeout=60)
+            metrics.collect()
+            assert metrics.value("cellos.sink.spool.replayed") == 2
+            assert metrics.value("cellos.sink.spool.depth") == 0
+            assert metrics.value("cellos.sink.circuit.state") == 0
+            assert metrics.ok_sent() == 3  # 1 directly, 2 on replay
+            assert metrics.durations() == 4  # the spool's emit(), which never raised
+        finally:
+            spool.close()
+    assert_bounded_attributes(metrics, SMALL_TEMPLATE)
+
+
+class StatslessSink:
+    def emit(self, event: CloudEventV1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_spool_over_a_sink_without_stats_reports_the_spool_only(
+    metrics: Metrics, tmp_path: Path
+) -> None:
+    spool = SpoolingEventSink(StatslessSink(), tmp_path / "spool")
+    try:
         instrument(spool, metrics.provider)
         spool.emit(event(1))
-        stream.server.stop()
-        spool.emit(event(2))
-        spool.emit(event(3))
         metrics.collect()
-    assert metrics.value("cellos.sink.spool.spooled") == 2
-    assert metrics.value("cellos.sink.spool.depth") == 2
-    assert metrics.value("cellos.sink.spool.replayed") == 0
-    assert metrics.value("cellos.sink.spool.dead_lettered") == 0
-    assert metrics.ok_sent() == 1
-    assert metrics.value("cellos.sink.fast_failed") == 1
-    assert metrics.value("cellos.sink.circuit.state") == 1
-    assert metrics.durations() == 3  # the wrapper's emit(), which never raised
-    assert_bounded_attributes(metrics)
+    finally:
+        spool.close()
+    assert metrics.value("cellos.sink.spool.depth") == 0
+    assert metrics.durations() == 1
+    assert "messaging.client.sent.messages" not in metrics.points
+    assert "cellos.sink.circuit.state" not in metrics.points
 
 
 def test_instrument_needs_a_sink_with_stats(metrics: Metrics) -> None:
