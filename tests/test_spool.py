@@ -1,0 +1,337 @@
+"""The spooling sink against real nats-server processes: outages, startup with NATS down,
+dead letters, and the disk's and the directory's failures (each a clear error)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Optional
+
+import pytest
+
+from cellos_sink_jetstream import (
+    CircuitOpenError,
+    CloudEventV1,
+    Connected,
+    ConnectError,
+    JetStreamEventSink,
+    NoopEventSink,
+    Reconnecting,
+    SpoolError,
+    SpoolingEventSink,
+    SpoolLockedError,
+    build_primary_event_sink,
+)
+from cellos_sink_jetstream._errors import FailureCause
+from cellos_sink_jetstream._spool_store import SpoolStore
+from tests._nats import STREAM_NAME, read_stream, stage_stream
+from tests._polling import wait_until
+from tests.conftest import ServerFactory, StagedStream
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SUBJECT = "cellos.events.spool"
+
+
+def make_event(event_id: str, data: Any = None) -> CloudEventV1:
+    return CloudEventV1(id=event_id, source="/tests/spool", type="cell.spool", data=data)
+
+
+def stored_ids(url: str, stream: str = STREAM_NAME) -> list[str]:
+    return [m.headers["Nats-Msg-Id"] for m in read_stream(url, stream) if m.headers]
+
+
+def connect(url: str, **options: Any) -> JetStreamEventSink:
+    options.setdefault("publish_timeout", 1.0)
+    return JetStreamEventSink.connect(url, SUBJECT, **options)
+
+
+# -- the direct path and an outage ------------------------------------------------------
+
+
+def test_while_the_spool_is_empty_events_go_straight_to_jetstream(
+    stream: StagedStream, tmp_path: Path
+) -> None:
+    with SpoolingEventSink(connect(stream.url), tmp_path) as sink:
+        for n in range(20):
+            sink.emit(make_event(f"direct-{n}"))
+        stats = sink.stats()
+        assert (stats.spooled, stats.depth) == (0, 0)
+        assert stats.inner is not None
+        assert stats.inner.published == 20
+    assert stored_ids(stream.url) == [f"direct-{n}" for n in range(20)]
+
+
+def test_an_outage_is_spooled_and_replayed_in_order_exactly_once(
+    stream: StagedStream, tmp_path: Path
+) -> None:
+    inner = connect(stream.url, stream=STREAM_NAME)
+    with SpoolingEventSink(inner, tmp_path) as sink:
+        sink.emit(make_event("before"))
+        stream.server.kill()
+        for n in range(50):
+            sink.emit(make_event(f"outage-{n}"))  # returns: durably spooled
+        assert sink.stats().depth >= 49  # the first may have timed out on the dead socket
+        stream.server.start()
+        assert sink.drain(30.0)
+        sink.emit(make_event("after"))
+        stats = sink.stats()
+        assert stats.replayed == stats.spooled >= 49
+        assert stats.replayed_late == 0
+    ids = stored_ids(stream.url)
+    assert ids == ["before", *[f"outage-{n}" for n in range(50)], "after"]
+
+
+# -- startup with NATS down -------------------------------------------------------------
+
+
+def test_connect_without_waiting_returns_with_the_circuit_open_then_closes_it(
+    nats_server_factory: ServerFactory,
+) -> None:
+    server = nats_server_factory(start=False)
+    sink = connect(server.url, wait=False, connect_timeout=0.5)
+    try:
+        state = sink.debug_state()
+        assert isinstance(state, Reconnecting)
+        assert state.attempt == 0
+        with pytest.raises(CircuitOpenError) as info:
+            sink.emit(make_event("too-early"))
+        assert info.value.cause is FailureCause.CONNECTION_DOWN
+        server.start()
+        wait_until(
+            lambda: isinstance(sink.debug_state(), Connected), 30, "the circuit never closed"
+        )
+        stage_stream(server.url, STREAM_NAME, ["cellos.events.>"], duplicate_window=120)
+        sink.emit(make_event("on-time"))
+    finally:
+        sink.close()
+    assert stored_ids(server.url) == ["on-time"]
+
+
+def test_close_while_still_connecting_in_the_background_returns(
+    nats_server_factory: ServerFactory,
+) -> None:
+    server = nats_server_factory(start=False)
+    sink = connect(server.url, wait=False, connect_timeout=0.5)
+    sink.close(timeout=5.0)
+    assert sink.closed
+    assert not [t for t in threading.enumerate() if t.name == "cellos-sink-jetstream"]
+
+
+def test_build_primary_event_sink_with_a_spool_dir_spools_until_nats_exists(
+    nats_server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    server = nats_server_factory(start=False)
+    env = {"NATS_URL": server.url, "CELL_OS_SPOOL_DIR": str(tmp_path / "spool")}
+    sink = build_primary_event_sink(SUBJECT, env=env, connect_timeout=0.5, publish_timeout=1.0)
+    try:
+        assert isinstance(sink, SpoolingEventSink)
+        for n in range(20):
+            sink.emit(make_event(f"early-{n}"))
+        assert sink.stats().depth == 20
+        server.start()
+        stage_stream(server.url, STREAM_NAME, ["cellos.events.>"], duplicate_window=120)
+        assert sink.drain(30.0)
+    finally:
+        sink.close()
+    assert stored_ids(server.url) == [f"early-{n}" for n in range(20)]
+
+
+def test_the_spool_dir_keeps_require_and_noop_meaning_what_they_meant(tmp_path: Path) -> None:
+    env = {
+        "NATS_URL": "nats://127.0.0.1:1",
+        "CELL_OS_SPOOL_DIR": str(tmp_path),
+        "CELL_OS_REQUIRE_JETSTREAM": "1",
+    }
+    with pytest.raises(ConnectError, match="CELL_OS_REQUIRE_JETSTREAM"):
+        build_primary_event_sink(SUBJECT, env=env, connect_timeout=0.3)
+    env = {**env, "CELL_OS_REQUIRE_JETSTREAM": "0", "CELL_OS_USE_NOOP_SINK": "1"}
+    assert isinstance(build_primary_event_sink(SUBJECT, env=env), NoopEventSink)
+
+
+def test_a_bad_spool_max_bytes_is_a_config_error_naming_the_variable(tmp_path: Path) -> None:
+    from cellos_sink_jetstream import ConfigError
+
+    env = {"CELL_OS_SPOOL_DIR": str(tmp_path), "CELL_OS_SPOOL_MAX_BYTES": "lots"}
+    with pytest.raises(ConfigError, match="CELL_OS_SPOOL_MAX_BYTES"):
+        build_primary_event_sink(SUBJECT, env=env)
+
+
+# -- dead letters -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_stream(nats_server_factory: ServerFactory) -> str:
+    """A server whose stream stores messages of at most 2 kB (max_payload stays 1 MB)."""
+    server = nats_server_factory()
+    stage_stream(
+        server.url, STREAM_NAME, ["cellos.events.>"], duplicate_window=120, max_msg_size=2048
+    )
+    return server.url
+
+
+def test_a_message_too_large_for_the_stream_is_dead_lettered_once_on_the_direct_path(
+    small_stream: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inner = connect(small_stream)
+    with SpoolingEventSink(inner, tmp_path) as sink:
+        with caplog.at_level(logging.WARNING, logger="cellos_sink_jetstream"):
+            sink.emit(make_event("small-1"))
+            sink.emit(make_event("large", "x" * 4000))  # returns normally
+            sink.emit(make_event("small-2"))
+        letters = sink.dead_letters()
+        assert [d.event_id for d in letters] == ["large"]
+        assert "maximum" in letters[0].error
+        stats = sink.stats()
+        assert (stats.dead_lettered, stats.dead_letters, stats.depth) == (1, 1, 0)
+        # The breaker did not move: no opening, still connected, nothing retried.
+        assert isinstance(inner.debug_state(), Connected)
+        assert stats.inner is not None
+        assert stats.inner.breaker_openings == 0
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "large" in warnings[0].getMessage()
+    assert stored_ids(small_stream) == ["small-1", "small-2"]
+
+
+def test_a_message_too_large_for_the_stream_is_dead_lettered_during_replay(
+    nats_server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    server = nats_server_factory()
+    stage_stream(
+        server.url, STREAM_NAME, ["cellos.events.>"], duplicate_window=120, max_msg_size=2048
+    )
+    inner = connect(server.url)
+    with SpoolingEventSink(inner, tmp_path) as sink:
+        server.kill()
+        sink.emit(make_event("a"))
+        sink.emit(make_event("large", "x" * 4000))
+        sink.emit(make_event("b"))
+        assert sink.stats().depth == 3
+        server.start()
+        assert sink.drain(30.0)
+        openings = inner.stats().breaker_openings
+        sink.emit(make_event("c"))
+        assert [d.event_id for d in sink.dead_letters()] == ["large"]
+        assert sink.stats().dead_lettered == 1
+        assert isinstance(inner.debug_state(), Connected)
+        assert inner.stats().breaker_openings == openings
+    assert stored_ids(server.url) == ["a", "b", "c"]
+    # Once: a new sink on the directory does not send it again.
+    with SpoolingEventSink(connect(server.url), tmp_path) as again:
+        assert again.drain(5.0)
+        assert len(again.dead_letters()) == 1
+    assert stored_ids(server.url) == ["a", "b", "c"]
+
+
+# -- the directory and the disk ---------------------------------------------------------
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.spool_child", *args],
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_second_opener_in_another_process_is_refused_naming_the_holder(
+    tmp_path: Path,
+) -> None:
+    child = spawn("hold", str(tmp_path), "nats://127.0.0.1:1")
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().split()
+        assert line[:1] == ["READY"], child.stderr.read() if child.stderr else ""
+        pid = int(line[1])
+        with pytest.raises(SpoolLockedError) as info:
+            SpoolingEventSink(NoopEventSink(), tmp_path)
+        assert info.value.pid == pid
+        assert f"process {pid}" in str(info.value)
+        # The lock dies with its holder, kill -9 included.
+        child.kill()
+        child.wait(10)
+        SpoolingEventSink(NoopEventSink(), tmp_path).close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        child.communicate(timeout=10)
+
+
+def test_a_full_disk_is_a_spool_error_and_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    # A file-size limit stands in for a full disk: writes past it fail with EFBIG.
+    child = spawn("fill", str(tmp_path), "nats://127.0.0.1:1", str(1_500_000))
+    out, err = child.communicate(timeout=120)
+    lines = out.splitlines()
+    acked = [line.split()[1] for line in lines if line.startswith("ACK ")]
+    errors = [line for line in lines if line.startswith("ERROR ")]
+    assert errors, err
+    assert errors[0].startswith(("ERROR SpoolError:", "ERROR SpoolFullError:")), errors
+    assert "not stored" in errors[0]
+    assert "cellos_sink_jetstream" not in errors[0]
+    assert len(acked) > 10
+    store = SpoolStore(str(tmp_path), 1 << 30)
+    try:
+        assert [r.event_id for r in store.oldest(100_000)] == acked
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def read_only_directory(path: Path) -> Iterator[Path]:
+    """A directory nobody may write to: chmod for a user, a read-only tmpfs for root."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_read_only_directory_is_a_clear_spool_error(tmp_path: Path) -> None:
+    with read_only_directory(tmp_path / "ro") as directory:
+        with pytest.raises(SpoolError) as info:
+            SpoolingEventSink(NoopEventSink(), directory)
+        message = str(info.value)
+        assert str(directory) in message
+        assert "writable" in message or "read-only" in message
+
+
+def test_a_spool_error_says_what_happened_without_library_internals(tmp_path: Path) -> None:
+    (tmp_path / "spool.sqlite3").write_bytes(b"\x00garbage" * 512)
+    with pytest.raises(SpoolError) as info:
+        SpoolingEventSink(NoopEventSink(), tmp_path)
+    assert "sqlite3." not in str(info.value)
+    assert "move it aside" in str(info.value)
+
+
+# -- helpers shared with the chaos tests ------------------------------------------------
+
+
+def pump(pipe: Optional[IO[str]], into: queue.Queue[str]) -> None:
+    assert pipe is not None
+    for line in pipe:
+        into.put(line.rstrip("\n"))
+
+
+def kill_9(child: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
