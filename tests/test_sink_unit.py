@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import re
 import statistics
 import threading
 import time
@@ -416,6 +417,26 @@ def test_breaker_transitions_are_logged_once_each_and_reported(
     assert len(closed) == 1
     assert [type(n).__name__ for _, n in transitions] == ["Reconnecting", "Connected"]
     assert sink.stats().breaker_openings == 1
+
+
+def test_transition_logs_show_the_time_to_the_next_probe_rounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Ticking(FakeClock):
+        # Time passes between the breaker scheduling a probe and the log reading the clock.
+        def __call__(self) -> float:
+            self.now += 0.0001
+            return self.now
+
+    publisher = InstantPublisher()
+    caplog.set_level(logging.INFO, logger="cellos_sink_jetstream")
+    with JetStreamEventSink.from_publisher(publisher, "a.b", clock=Ticking()) as sink:
+        publisher.failing.set()
+        with pytest.raises(PublishError):
+            sink.emit(make_event(0))
+    opened = [r.getMessage() for r in caplog.records if "circuit opened" in r.getMessage()]
+    assert len(opened) == 1
+    assert re.search(r"next probe in 0\.\d\d s$", opened[0]), opened[0]
 
 
 def test_a_crashing_publisher_gives_a_typed_error_and_keeps_the_loop_alive() -> None:
