@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import os
 import re
@@ -184,6 +185,7 @@ class _Settings:
     max_in_flight: int
     max_queue: int
     retry_attempts: int
+    exit_timeout: float
 
 
 def _positive(name: str, value: object, kind: type = float) -> Any:
@@ -218,6 +220,7 @@ class JetStreamEventSink:
         max_in_flight: int = 256,
         max_queue: int = 8192,
         retry_attempts: int = 3,
+        exit_timeout: float = 2.0,
         clock: Optional[Callable[[], float]] = None,
         on_transition: Optional[TransitionCallback] = None,
         trace_context: bool = True,
@@ -246,6 +249,7 @@ class JetStreamEventSink:
             max_in_flight=_positive("max_in_flight", max_in_flight, int),
             max_queue=_positive("max_queue", max_queue, int),
             retry_attempts=_positive("retry_attempts", retry_attempts, int),
+            exit_timeout=check_timeout("exit_timeout", exit_timeout),
         )
         self._connect = connect
         self._display_url = display_url
@@ -304,7 +308,9 @@ class JetStreamEventSink:
             wait: ``False``: return at once and connect in the background (see above).
             **options: ``stream`` (expected stream name: sets ``Nats-Expected-Stream``),
                 ``publish_timeout`` (5 s), ``connect_timeout`` (5 s), ``max_in_flight``
-                (256), ``max_queue`` (8192), ``retry_attempts`` (3), ``on_transition``
+                (256), ``max_queue`` (8192), ``retry_attempts`` (3), ``exit_timeout`` (2 s:
+                how long the interpreter's exit waits for the events of a sink that was
+                never closed), ``on_transition``
                 (``callback(old_state, new_state)``), ``clock`` (breaker clock), ``name``
                 (client name), ``reconnect_time_wait`` (0.25 s), ``trace_context`` (True:
                 add the caller's OpenTelemetry span as ``traceparent``/``tracestate``),
@@ -711,6 +717,38 @@ class JetStreamEventSink:
             logger.warning("the sink's background thread did not stop within %gs", timeout)
         _LIVE_SINKS.discard(self)
 
+    def _close_at_exit(self) -> None:
+        # The atexit flush of a sink the program never closed: bounded by exit_timeout,
+        # and said aloud, since the program is only waiting for the sink.
+        runner = self._runner
+        unsettled = 0 if runner is None else runner.outstanding()
+        timeout = self._settings.exit_timeout
+        if unsettled:
+            logger.warning(
+                "exiting with %d event(s) unsettled on %s (the sink was not closed): waiting "
+                "up to %s (exit_timeout) for their outcome; Ctrl-C stops waiting",
+                unsettled,
+                self._display_url,
+                format_seconds(timeout),
+            )
+        self.close(timeout)
+
+    def _abandon_at_exit(self) -> None:
+        # Ctrl-C during the exit flush: stop waiting, leave the rest to the daemon thread.
+        self._closed = True
+        runner = self._runner
+        if runner is None:
+            return
+        unsettled = runner.outstanding()
+        if unsettled:
+            logger.warning(
+                "exit flush interrupted (Ctrl-C): stopped waiting for %d unsettled event(s) "
+                "on %s; those already sent may still be stored",
+                unsettled,
+                self._display_url,
+            )
+        runner.stop(0.0)
+
     def __enter__(self) -> Self:
         return self
 
@@ -761,9 +799,17 @@ def _reinit_after_fork() -> None:
 
 def _close_all_at_exit() -> None:
     # Runs before the interpreter tears down daemon threads, so pending publishes get
-    # their outcome and no "Task was destroyed but it is pending" is printed.
-    for sink in list(_LIVE_SINKS):
-        sink.close(timeout=sink._settings.publish_timeout)
+    # their outcome and no "Task was destroyed but it is pending" is printed. Each sink
+    # waits at most its exit_timeout; Ctrl-C (in the main thread, which runs this) ends
+    # the wait for all of them at once.
+    sinks = [sink for sink in list(_LIVE_SINKS) if not sink.closed]
+    try:
+        for sink in sinks:
+            sink._close_at_exit()
+    except KeyboardInterrupt:
+        with contextlib.suppress(KeyboardInterrupt):  # a third Ctrl-C: just go
+            for sink in sinks:
+                sink._abandon_at_exit()
 
 
 atexit.register(_close_all_at_exit)

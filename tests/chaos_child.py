@@ -4,7 +4,7 @@ Run as ``python -m tests.chaos_child URL SUBJECT PREFIX MODE PUBLISH_TIMEOUT`` f
 project root. It prints ``READY`` once ``emit()`` worked, waits for one line on stdin (the
 parent may freeze the server meanwhile), queues more events with ``emit_nowait()``, prints
 ``EXITING`` and returns from ``main`` without closing the sink: the interpreter's exit (and
-the library's ``atexit`` hook) must do the rest, quietly and within the close timeout.
+the library's ``atexit`` hook) must do the rest, quietly and within its exit_timeout.
 
 MODE ``healthy``: the server keeps running; everything queued must still be delivered.
 MODE ``hung``: the parent freezes the server before answering; additionally a daemon

@@ -17,6 +17,7 @@ from cellos_sink_jetstream import (
     BackpressureError,
     CircuitOpenError,
     CloudEventV1,
+    ConfigError,
     Connected,
     FailureCause,
     InvalidEventError,
@@ -547,3 +548,9 @@ def test_publish_errors_carry_a_cause_only_when_they_say_nats_is_unavailable() -
     assert (error.attempt, error.retry_after, error.cause) == (2, 51.2, FailureCause.TIMEOUT)
     assert "next probe in 51 s" in str(error)
     assert "2 probe(s) failed" in str(error)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "2", True])
+def test_exit_timeout_must_be_a_finite_positive_number(bad: object) -> None:
+    with pytest.raises(ConfigError, match="exit_timeout"):
+        JetStreamEventSink.from_publisher(InstantPublisher(), "a.b", exit_timeout=bad)
