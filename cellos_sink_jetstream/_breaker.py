@@ -136,7 +136,12 @@ class CircuitBreaker:
         # Reused for every admission while connected, so the hot path allocates nothing.
         self._connected_permit = Permit(0)
         self._probe_running = False
+        # Refusals advance an itertools.count: one C call, atomic without a lock, so the
+        # refusal path stays lock-free. Reading it advances it too, so the reads are
+        # counted (under a lock of their own) and subtracted.
         self._rejection_counter = itertools.count()
+        self._rejection_reads = 0
+        self._rejection_reads_lock = threading.Lock()
 
     def now(self) -> float:
         """Return the breaker clock's current time."""
@@ -175,9 +180,10 @@ class CircuitBreaker:
     @property
     def rejections(self) -> int:
         """How many admissions were refused (callers told to fail fast)."""
-        # itertools.count advances atomically without a lock; its repr, "count(N)", is the
-        # one way to read where it stands that no Python version deprecates.
-        return int(repr(self._rejection_counter)[len("count(") : -1])
+        with self._rejection_reads_lock:
+            refused = next(self._rejection_counter) - self._rejection_reads
+            self._rejection_reads += 1
+        return refused
 
     def retry_after(self) -> float:
         """Seconds until a probe may run (0.0 when connected or when one is due)."""

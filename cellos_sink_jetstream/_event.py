@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 from cellos_sink_jetstream._errors import _WHOLE_EVENT, InvalidEventError
 
@@ -31,6 +31,7 @@ __all__ = [
     "SPECVERSION",
     "CloudEventV1",
     "ExtensionValue",
+    "SdkEvent",
     "coerce_event",
     "format_rfc3339",
     "parse_rfc3339",
@@ -141,8 +142,11 @@ def _make_json_encoder() -> Callable[[Any], str]:
 _encode_json = _make_json_encoder()
 
 
-def _preview(value: str, limit: int = 40) -> str:
-    """Return an ASCII-only, truncated rendering of ``value`` that is safe to log."""
+def _preview(value: str, limit: int = 60) -> str:
+    """Return an ASCII-only, truncated rendering of ``value`` that is safe to log.
+
+    Shared by the event and subject error messages.
+    """
     if len(value) <= limit:
         return ascii(value)
     return f"{value[:limit]!a}... ({len(value)} characters)"
@@ -775,6 +779,18 @@ def _reject_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _reject_non_finite(literal: str) -> Any:
     raise ValueError(f"{literal} is not valid JSON")
+
+
+class SdkEvent(Protocol):
+    """An event of the official ``cloudevents`` SDK, as far as :func:`coerce_event` reads it."""
+
+    def get_attributes(self) -> Mapping[str, Any]:
+        """The event's context attributes and extensions, by name."""
+        ...
+
+    def get_data(self) -> Any:
+        """The event's data: ``bytes`` are sent as ``data_base64``."""
+        ...
 
 
 def coerce_event(event: object) -> CloudEventV1:

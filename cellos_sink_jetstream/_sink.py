@@ -38,7 +38,7 @@ from ._errors import (
     SinkClosedError,
     format_seconds,
 )
-from ._event import CloudEventV1, coerce_event
+from ._event import CONTENT_TYPE, CloudEventV1, SdkEvent, coerce_event
 from ._publisher import (
     HEADER_CONTENT_TYPE,
     HEADER_EXPECTED_STREAM,
@@ -59,11 +59,9 @@ __all__ = ["EventLike", "EventSink", "JetStreamEventSink", "NoopEventSink", "Sin
 
 logger = logging.getLogger("cellos_sink_jetstream")
 
-CONTENT_TYPE_CLOUDEVENTS_JSON = "application/cloudevents+json"
-
 #: What ``emit`` accepts: a :class:`CloudEventV1`, a mapping in CloudEvents JSON form, or an
-#: event of the ``cloudevents`` SDK (typed loosely so that SDK stays optional).
-EventLike = Union[CloudEventV1, Mapping[str, Any], Any]
+#: event of the ``cloudevents`` SDK (matched structurally, so that SDK stays optional).
+EventLike = Union[CloudEventV1, Mapping[str, Any], SdkEvent]
 
 TransitionCallback = Callable[[BreakerState, BreakerState], None]
 
@@ -254,7 +252,7 @@ class JetStreamEventSink:
         self._connect = connect
         self._display_url = display_url
         self._subject_is_fixed = TENANT_ID_PLACEHOLDER not in subject
-        fixed_headers = {HEADER_CONTENT_TYPE: CONTENT_TYPE_CLOUDEVENTS_JSON}
+        fixed_headers = {HEADER_CONTENT_TYPE: CONTENT_TYPE}
         if stream is not None:
             fixed_headers[HEADER_EXPECTED_STREAM] = stream
         self._headers = HeaderTemplate(fixed_headers, HEADER_MSG_ID)
@@ -537,11 +535,17 @@ class JetStreamEventSink:
 
     # -- state ---------------------------------------------------------------------------
 
-    def debug_state(self) -> BreakerState:
+    @property
+    def state(self) -> BreakerState:
         """The breaker's state: ``Connected()`` or ``Reconnecting(attempt, next_after)``.
 
-        ``next_after`` is on the ``time.monotonic()`` clock (or the injected ``clock``).
+        An immutable snapshot; ``next_after`` is on the ``time.monotonic()`` clock (or the
+        injected ``clock``).
         """
+        return self._breaker.state
+
+    def debug_state(self) -> BreakerState:
+        """The breaker's state, as :attr:`state` (the Rust crate's name for it)."""
         return self._breaker.state
 
     def stats(self) -> SinkStats:

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from cellos_sink_jetstream._errors import InvalidSubjectError
-from cellos_sink_jetstream._event import CloudEventV1
+from cellos_sink_jetstream._event import CloudEventV1, _preview
 
 __all__ = [
     "MAX_SUBJECT_TEMPLATE_LENGTH",
@@ -50,13 +50,6 @@ _TENANT_ID_RULE = (
 # Stands in for the placeholder while a template's tokens are checked: any valid tenant
 # id yields the same token structure, because none contains '.'.
 _SAMPLE_TENANT = "t"
-
-
-def _preview(value: str, limit: int = 60) -> str:
-    """Return an ASCII-only, truncated rendering of ``value`` that is safe to log."""
-    if len(value) <= limit:
-        return ascii(value)
-    return f"{value[:limit]!a}... ({len(value)} characters)"
 
 
 def _template_error(template: str, problem: str) -> InvalidSubjectError:

@@ -72,6 +72,28 @@ def test_fails_fast_until_next_after_then_admits_one_probe() -> None:
     assert breaker.rejections == 2
 
 
+def test_rejections_are_counted_exactly_across_racing_threads_and_reads() -> None:
+    breaker = open_breaker(FakeClock())
+    per_thread, threads = 2000, 8
+    start = threading.Barrier(threads + 1)
+
+    def refuse() -> None:
+        start.wait()
+        for _ in range(per_thread):
+            assert breaker.admit() is None
+
+    workers = [threading.Thread(target=refuse) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    seen = [breaker.rejections for _ in range(500)]  # reads racing the refusals
+    for worker in workers:
+        worker.join()
+    assert seen == sorted(seen), "the count never goes back"
+    assert breaker.rejections == threads * per_thread
+    assert breaker.rejections == threads * per_thread, "reading does not count"
+
+
 def test_failed_probes_walk_the_schedule_and_success_resets() -> None:
     clock = FakeClock()
     breaker = open_breaker(clock)

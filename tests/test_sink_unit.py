@@ -140,7 +140,8 @@ def test_failure_opens_circuit_then_fast_fails_without_touching_the_publisher(
 ) -> None:
     sink, publisher = gated
     open_circuit(sink, publisher)
-    assert sink.debug_state() == Reconnecting(0, pytest.approx(clock.now + 0.1))
+    assert sink.state == Reconnecting(0, pytest.approx(clock.now + 0.1))
+    assert sink.debug_state() == sink.state
     for n in range(100):
         with pytest.raises(CircuitOpenError) as info:
             sink.emit(make_event(n))

@@ -114,9 +114,7 @@ def _run_demo(
         finally:
             if chaos is not None:
                 chaos.finish()
-        run = DemoRun(
-            counters, sink.debug_state(), sink.stats(), time.monotonic() - started, stream
-        )
+        run = DemoRun(counters, sink.state, sink.stats(), time.monotonic() - started, stream)
     stored = with_nats(target, lambda client: read_demo_events(client, stream))
     verdict = verify_demo(lanes, stored)
     print_demo_report(run, verdict)

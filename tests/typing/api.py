@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 from datetime import datetime, timezone
+from typing import Any, Optional
 
 import cellos_sink_jetstream as cs
 from cellos_sink_jetstream import (
+    BreakerState,
     CircuitOpenError,
     CloudEventV1,
     Connected,
@@ -21,6 +23,16 @@ from cellos_sink_jetstream import (
     resolve_tenant_subject,
     with_retry,
 )
+
+
+class SdkStyleEvent:
+    """Shaped like an event of the ``cloudevents`` SDK."""
+
+    def get_attributes(self) -> dict[str, Any]:
+        return {"specversion": "1.0", "id": "e-3", "source": "/s", "type": "t"}
+
+    def get_data(self) -> Optional[Any]:
+        return None
 
 
 def supervisor() -> None:
@@ -47,6 +59,13 @@ def supervisor() -> None:
         state = sink.debug_state()
         if isinstance(state, (Reconnecting, Connected)):
             pass
+        current: BreakerState = sink.state
+        if isinstance(current, Reconnecting):
+            next_after: float = current.next_after
+            del next_after
+        sink.emit({"specversion": "1.0", "id": "e-2", "source": "/s", "type": "t"})
+        sink.emit(SdkStyleEvent())
+        sink.emit(42)  # type: ignore[arg-type]  # EventLike is not Any
         try:
             sink.emit(event)
         except CircuitOpenError:
