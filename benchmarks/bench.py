@@ -142,10 +142,10 @@ class Plan:
                 breakdown_events=n(1_000),
             )
         return cls(
-            warmup=n(400),
-            serial=n(1_500),
-            concurrent=n(5_000),
-            bulk=n(12_000),
+            warmup=n(500),
+            serial=n(3_000),
+            concurrent=n(8_000),
+            bulk=n(20_000),
             repeats=repeats or 5,
             fast_fail_batches=1_000,
             fast_fail_batch=500,

@@ -871,3 +871,142 @@ def test_time_member_must_be_a_string(value: Any) -> None:
 def test_format_rfc3339_rejects_naive() -> None:
     with pytest.raises(InvalidEventError):
         format_rfc3339(datetime(2024, 1, 1))
+
+
+# --------------------------------------------------------------------------- fast paths
+# The event model checks the common case inline or in C and leaves the rest to the full
+# checks (issue #13); these tests hold each fast path to the full check it stands in for.
+
+from cellos_sink_jetstream import _event as event_module  # noqa: E402
+
+
+def test_random_ids_are_version_4_uuids_as_uuid4_writes_them() -> None:
+    ids = [event_module._random_uuid4() for _ in range(2000)]
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+    assert len(set(ids)) == len(ids)
+    # Every variant nibble the RFC allows turns up (so the random bits under it are used).
+    assert {text[19] for text in ids} == set("89ab")
+    assert CloudEventV1.create("t", "/s").id[14] == "4"
+
+
+rfc3339_texts = st.builds(
+    lambda moment, separator, digits, zone: (
+        moment.strftime(f"%Y-%m-%d{separator}%H:%M:%S")
+        + (f".{moment.microsecond:06d}{'7' * max(0, digits - 6)}"[: digits + 1] if digits else "")
+        + zone
+    ),
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.sampled_from("Tt"),
+    st.integers(0, 9),
+    st.one_of(
+        st.sampled_from(["Z", "z", "+00:00", "-00:00"]),
+        st.builds(
+            lambda sign, hours, minutes: f"{sign}{hours:02d}:{minutes:02d}",
+            st.sampled_from("+-"),
+            st.integers(0, 25),
+            st.integers(0, 61),
+        ),
+    ),
+)
+
+
+@given(text=rfc3339_texts)
+@settings(max_examples=300)
+def test_parse_rfc3339_reads_as_the_hand_written_reader(text: str) -> None:
+    def outcome() -> Any:
+        try:
+            return parse_rfc3339(text)
+        except InvalidEventError as exc:
+            return ("refused", str(exc))
+
+    fast = outcome()
+    slow_path = event_module._FROMISOFORMAT_READS_RFC3339
+    event_module._FROMISOFORMAT_READS_RFC3339 = False
+    try:
+        slow = outcome()
+    finally:
+        event_module._FROMISOFORMAT_READS_RFC3339 = slow_path
+    assert fast == slow
+    if isinstance(fast, datetime):
+        assert fast.utcoffset() == slow.utcoffset()
+        assert (fast.tzinfo is timezone.utc) == (slow.tzinfo is timezone.utc)
+
+
+odd_json_scalars = st.one_of(
+    json_scalars,
+    st.text(max_size=5),  # surrogates included
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(),  # NaN and infinities included
+    st.sampled_from([b"x", (1, 2), {1, 2}, Decimal("1.5"), date(2024, 1, 1)]),
+)
+odd_json_values = st.recursive(
+    odd_json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.one_of(st.text(max_size=4), st.integers(0, 3)), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(value=odd_json_values)
+@settings(max_examples=500)
+def test_the_fast_data_check_accepts_nothing_the_full_check_refuses(value: Any) -> None:
+    if event_module._is_plain_json(value, 0):
+        event_module._check_json_value(value, 0)  # must not raise
+
+
+def test_the_fast_data_check_leaves_deep_and_circular_data_to_the_full_check() -> None:
+    deep: Any = []
+    for _ in range(MAX_DATA_DEPTH + 5):
+        deep = [deep]
+    assert not event_module._is_plain_json(deep, 0)
+    with pytest.raises(InvalidEventError, match="deeper than"):
+        make_event(data=deep)
+    looping: dict[str, Any] = {}
+    looping["self"] = looping
+    with pytest.raises(InvalidEventError, match="circular"):
+        make_event(data=looping)
+
+
+def test_remembered_extension_names_do_not_let_invalid_names_through() -> None:
+    make_event(extensions={"tenantid": "acme"})
+    assert "tenantid" in event_module._VALID_EXTENSION_NAMES
+    for bad in ("TenantId", "tenant_id", "a" * 21, "data", ""):
+        with pytest.raises(InvalidEventError):
+            make_event(extensions={bad: "x"})
+        assert bad not in event_module._VALID_EXTENSION_NAMES
+    # Past the bound, names are still checked, just no longer remembered.
+    for i in range(event_module._MAX_REMEMBERED_NAMES + 10):
+        make_event(extensions={f"x{i}": 1})
+    assert len(event_module._VALID_EXTENSION_NAMES) <= event_module._MAX_REMEMBERED_NAMES
+    with pytest.raises(InvalidEventError):
+        make_event(extensions={"Not-Valid": 1})
+
+
+def test_create_and_from_dict_build_the_same_event_as_the_constructor() -> None:
+    built = make_event()
+    assert CloudEventV1.from_dict(built.to_dict()) == built
+    created = CloudEventV1.create(
+        built.type,
+        built.source,
+        built.data,
+        id=built.id,
+        time=built.time,
+        subject=built.subject,
+        datacontenttype=built.datacontenttype,
+        dataschema=built.dataschema,
+        extensions=dict(built.extensions),
+    )
+    assert created == built
+    assert vars(created).keys() == vars(built).keys()
+    assert pickle.loads(pickle.dumps(created)) == built
+
+    class Tagged(CloudEventV1):
+        pass
+
+    assert type(Tagged.from_dict(built.to_dict())) is Tagged
