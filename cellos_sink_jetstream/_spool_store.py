@@ -23,6 +23,7 @@ import logging
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -35,8 +36,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "DeadLetter",
     "SpoolStore",
+    "SpoolSummary",
     "SpooledEvent",
+    "disk_size",
     "read_lock_holder",
+    "read_only",
 ]
 
 logger = logging.getLogger("cellos_sink_jetstream")
@@ -323,6 +327,101 @@ class SpoolStore:
                 self._db.close()
             finally:
                 os.close(self._lock_fd)
+
+
+@dataclass(frozen=True)
+class SpoolSummary:
+    """What a spool directory holds, read without taking its lock.
+
+    Attributes:
+        depth: Events waiting for JetStream.
+        bytes: Size of the database and its WAL on disk.
+        oldest_spooled_at: Wall-clock time the oldest waiting event was spooled (or None).
+        dead_letters: Events in the dead-letter table.
+        holder_pid: The process that has the spool open, if any.
+        schema_version: The database's schema version.
+    """
+
+    depth: int
+    bytes: int
+    oldest_spooled_at: Optional[float]
+    dead_letters: int
+    holder_pid: Optional[int]
+    schema_version: int
+
+
+class ReadOnlySpool:
+    """A read-only view of a spool directory that another process may be writing to.
+
+    Takes no lock and writes nothing: SQLite's WAL lets it read a consistent snapshot
+    beside the writer.
+    """
+
+    def __init__(self, directory: str) -> None:
+        """Open ``directory``'s database read-only; :class:`SpoolError` when there is none."""
+        self.directory = os.path.abspath(directory)
+        path = os.path.join(self.directory, DB_FILE_NAME)
+        if not os.path.isfile(path):
+            raise SpoolError(f"no spool in {self.directory} (no {DB_FILE_NAME} there)")
+        uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self.schema_version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise SpoolError(
+                f"cannot read the spool database {path} ({_sqlite_reason(exc)}); if it is "
+                f"corrupt, move it aside"
+            ) from None
+        try:
+            _check_version(path, self.schema_version)
+        except SpoolError:
+            self._db.close()
+            raise
+
+    def summary(self) -> SpoolSummary:
+        """Depth, size, oldest event, dead letters, lock holder."""
+        depth, oldest = self._query("SELECT count(*), min(spooled_at) FROM spool")[0]
+        dead = self._query("SELECT count(*) FROM dead_letter")[0][0]
+        return SpoolSummary(
+            depth=int(depth),
+            bytes=disk_size(self.directory),
+            oldest_spooled_at=None if oldest is None else float(oldest),
+            dead_letters=int(dead),
+            holder_pid=read_lock_holder(self.directory),
+            schema_version=self.schema_version,
+        )
+
+    def events(self, *, dead: bool = False, batch: int = 1000) -> Iterator[bytes]:
+        """The spooled (or dead-lettered) events' CloudEvents JSON, oldest first."""
+        table = "dead_letter" if dead else "spool"
+        after = 0
+        while True:
+            rows = self._query(
+                f"SELECT seq, payload FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608 - a fixed table name
+                (after, batch),
+            )
+            if not rows:
+                return
+            for seq, payload in rows:
+                after = seq
+                yield bytes(payload)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise SpoolError(
+                f"reading the spool at {self.directory} failed ({_sqlite_reason(exc)})"
+            ) from None
+
+
+def read_only(directory: str) -> ReadOnlySpool:
+    """Open ``directory``'s spool for reading only (see :class:`ReadOnlySpool`)."""
+    return ReadOnlySpool(directory)
 
 
 def disk_size(directory: str) -> int:

@@ -14,6 +14,7 @@ from ._demo_events import DEMO_SUBJECT_TEMPLATE
 from ._dev_server import cmd_dev_server
 from ._emit import cmd_emit
 from ._output import PROG
+from ._spool import cmd_spool_export, cmd_spool_replay, cmd_spool_status
 from ._streams import DEV_STREAM, DEV_STREAM_SUBJECTS
 from ._tail import cmd_tail
 
@@ -306,6 +307,73 @@ def _add_tail(commands: Any) -> None:
     parser.set_defaults(handler=cmd_tail)
 
 
+def _add_spool(commands: Any) -> None:
+    spool = commands.add_parser(
+        "spool",
+        help="inspect, replay or export a spool directory (SpoolingEventSink)",
+        description="Look after the durable local spool a SpoolingEventSink (or "
+        "CELL_OS_SPOOL_DIR) keeps while NATS is down.",
+    )
+    actions = spool.add_subparsers(dest="spool_command", metavar="ACTION", required=True)
+    status = _subcommand(
+        actions,
+        "status",
+        "depth, size, oldest event, dead letters and lock holder of a spool",
+        "Show what a spool directory holds. Reads only: works beside the process that owns\n"
+        "the spool.",
+        "example:\n  cellos-jetstream spool status /var/lib/cellos/spool\n\n"
+        "exit status: 0 shown; 1 no spool there, or it cannot be read",
+        connects=False,
+    )
+    status.add_argument("dir", metavar="DIR", help="the spool directory")
+    status.set_defaults(handler=cmd_spool_status)
+    replay = _subcommand(
+        actions,
+        "replay",
+        "send a spool's events to NATS, then exit",
+        "Replay a spool directory to JetStream, oldest first, with a progress bar on a\n"
+        "terminal, and exit once it is empty or --timeout passed. Event ids travel as\n"
+        "Nats-Msg-Id, so what JetStream already stored is not stored twice. Fails while\n"
+        "another process holds the spool.",
+        "example:\n  cellos-jetstream spool replay /var/lib/cellos/spool "
+        "--subject 'cellos.events.{tenantId}'\n\n"
+        "exit status: 0 the spool is empty; 1 events remain after --timeout, or the spool\n"
+        "is in use or unreadable; 2 usage error",
+        connects=True,
+    )
+    replay.add_argument("dir", metavar="DIR", help="the spool directory")
+    replay.add_argument(
+        "--subject",
+        required=True,
+        metavar="TEMPLATE",
+        help="subject template the events go to, optionally with {tenantId}",
+    )
+    replay.add_argument("--stream", metavar="NAME", help="expected stream (Nats-Expected-Stream)")
+    replay.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up after this long (default: 60)",
+    )
+    replay.set_defaults(handler=cmd_spool_replay)
+    export = _subcommand(
+        actions,
+        "export",
+        "print a spool's events as CloudEvents JSON lines",
+        "Write the spooled events (or, with --dead, the dead letters) to stdout as\n"
+        "CloudEvents JSON, one per line, oldest first. Reads only: nothing is removed.",
+        "example:\n  cellos-jetstream spool export /var/lib/cellos/spool --dead > refused.jsonl\n\n"
+        "exit status: 0 written; 1 no spool there, or it cannot be read",
+        connects=False,
+    )
+    export.add_argument("dir", metavar="DIR", help="the spool directory")
+    export.add_argument(
+        "--dead", action="store_true", help="the dead letters instead of the spooled events"
+    )
+    export.set_defaults(handler=cmd_spool_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cellos-jetstream`` and its commands."""
     parser = argparse.ArgumentParser(
@@ -319,6 +387,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging_option(parser)
     _add_connection_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_emit, _add_check, _add_dev_server, _add_demo, _add_tail):
+    for add in (_add_emit, _add_check, _add_dev_server, _add_demo, _add_tail, _add_spool):
         add(commands)
     return parser

@@ -144,6 +144,22 @@ def connect_sink(
     )
 
 
+def connect_sink_in_background(
+    target: Target, template: str, *, command: str, stream: Optional[str]
+) -> JetStreamEventSink:
+    """A sink on ``target`` that returns at once and keeps connecting (``wait=False``)."""
+    return JetStreamEventSink.connect(
+        target.url,
+        template,
+        tls=target.tls_context(),
+        env={},
+        stream=stream,
+        connect_timeout=target.connect_timeout,
+        name=f"{PROG} {command}",
+        wait=False,
+    )
+
+
 def describe_error(exc: BaseException, secrets: Sequence[str] = ()) -> str:
     """One short line for a nats-py (or other) error, with ``secrets`` scrubbed out."""
     if isinstance(exc, nats.js.errors.APIError):
