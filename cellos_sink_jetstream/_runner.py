@@ -709,7 +709,7 @@ class LoopRunner:
         for watched in slots.values():
             for request in watched:
                 self._forget(request.ack_token)
-                self._finish(request, error=SinkClosedError("the sink closed before the ack"))
+                self._finish(request, error=_closed_after_send())
 
     async def _publish(
         self, request: PublishRequest, attempts: int, timeout: float, delay_first: bool = False
@@ -739,9 +739,8 @@ class LoopRunner:
         except asyncio.CancelledError:
             self._finish(
                 request,
-                error=_ack_timeout()
-                if expired
-                else SinkClosedError("the sink closed before the ack"),
+                # Cancelled by close(): publish() was called, so it may have been stored.
+                error=_ack_timeout() if expired else _closed_after_send(),
             )
         except Exception as exc:
             self._finish(request, error=_as_sink_error(exc))
@@ -779,6 +778,15 @@ def _queued_past_deadline() -> BackpressureError:
     return BackpressureError(
         "the event waited in the sink's queue past its deadline and was not sent; "
         "NATS is slower than the producers"
+    )
+
+
+def _closed_after_send() -> PublishTimeoutError:
+    # Written to the connection (or handed to the publisher): a server that was only slow
+    # may still store it, so "not stored" (SinkClosedError) would be a lie.
+    return PublishTimeoutError(
+        "the sink closed before JetStream acknowledged the event; it may still be stored, "
+        "re-emit it (same id) to be sure"
     )
 
 

@@ -520,7 +520,7 @@ class JetStreamEventSink:
             if ack.duplicate:
                 self._duplicates += 1
             self._breaker.record_success(permit)
-        elif isinstance(error, PublishError) and not error.permanent:
+        elif isinstance(error, PublishError) and not error.permanent and not self._closed:
             self._count_failure(error)
             self._breaker.record_failure(permit, error.cause or FailureCause.JETSTREAM_UNAVAILABLE)
         else:  # given up, the caller's own error, or closing: nothing learned about NATS
@@ -696,8 +696,10 @@ class JetStreamEventSink:
         """Deliver what is in flight, close the connection, stop the thread.
 
         Waits at most ``timeout`` seconds in all. Idempotent and thread-safe; ``emit``
-        afterwards raises :class:`SinkClosedError`. Events still undelivered at the
-        deadline fail with :class:`SinkClosedError` and are counted in the log.
+        afterwards raises :class:`SinkClosedError`. Events still without an outcome at
+        the deadline fail and are counted in the log: with :class:`PublishTimeoutError`
+        when they were sent (the server may still store them: re-emit to be sure), with
+        :class:`SinkClosedError` when they were never sent.
         """
         timeout = check_timeout("timeout", timeout)
         deadline = time.monotonic() + timeout
@@ -712,9 +714,11 @@ class JetStreamEventSink:
             return
         # Keep part of the budget for stopping: cancelling and closing the connection.
         reserve = min(0.5, timeout / 2)
-        if not self.flush(max(0.0, deadline - reserve - time.monotonic())):
+        if not runner.wait_settled(max(0.0, deadline - reserve - time.monotonic())):
             logger.warning(
-                "closing with %d event(s) still undelivered; they fail with SinkClosedError",
+                "closing with %d event(s) not acknowledged yet; those sent fail with "
+                "PublishTimeoutError (they may still be stored), the others with "
+                "SinkClosedError",
                 runner.outstanding(),
             )
         if not runner.stop(max(0.0, deadline - time.monotonic())):

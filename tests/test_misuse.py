@@ -24,6 +24,7 @@ from cellos_sink_jetstream import (
     ConfigError,
     JetStreamEventSink,
     PublishTimeoutError,
+    SinkClosedError,
     SinkError,
 )
 from cellos_sink_jetstream._server import NatsServer
@@ -75,9 +76,16 @@ def frozen(server: NatsServer) -> Iterator[None]:
     assert pid is not None, f"{server!r} is not running"
     os.kill(pid, signal.SIGSTOP)
     try:
+        # kill() returns before the process is stopped; it may still answer meanwhile.
+        wait_until(lambda: _process_state(pid) in "Tt", 5, f"{server!r} never stopped")
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
 
 
 def stored_ids(stream: StagedStream) -> list[str]:
@@ -239,3 +247,38 @@ def test_an_emit_keeps_its_bound_when_it_waited_for_room_in_the_queue() -> None:
         assert took < publish_timeout + 0.25 + 0.75, f"emit() took {took:.2f}s"
         queued_call.ack(seq=2)
         queued.result(5)
+
+
+# -- 3. close() does not call "not stored" what it sent ---------------------------------
+
+
+def test_close_reports_events_already_sent_as_outcome_unknown(stream: StagedStream) -> None:
+    """Events written to a frozen server's socket may be stored once it resumes: close()
+    must fail them with ``PublishTimeoutError`` (re-emit to be sure), and only events it
+    never sent with ``SinkClosedError``; what the stream holds afterwards decides."""
+    count = 20
+    sink = JetStreamEventSink.connect(stream.url, stream.subject("close"), publish_timeout=30.0)
+    sink.emit(event(0, "close-warm"))
+    with frozen(stream.server):
+        futures = [sink.emit_nowait(event(n, "close")) for n in range(count)]
+        blocked = in_thread(lambda: sink.emit(event(count, "close")))
+        wait_until(
+            lambda: sink.stats().queue_depth == 0 and sink.stats().in_flight == count + 1,
+            10,
+            "the events never left the queue",
+        )
+        sink.close(timeout=1.0)
+        errors = [f.exception(5) for f in futures]
+        errors.append(blocked.exception(5))
+    ids = [f"close-{n}" for n in range(count + 1)]
+    # Give the resumed server a moment to store what it received (it usually stores all).
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: set(ids) <= set(stored_ids(stream)), 5, "")
+    stored = set(stored_ids(stream))
+    wrong = [
+        (event_id, type(error).__name__)
+        for event_id, error in zip(ids, errors)
+        if isinstance(error, SinkClosedError) and event_id in stored
+    ]
+    assert wrong == [], "close() said 'not stored' of events the stream holds"
+    assert [type(e).__name__ for e in errors] == ["PublishTimeoutError"] * (count + 1)
