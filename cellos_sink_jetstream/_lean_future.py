@@ -97,11 +97,13 @@ class LeanFuture(concurrent.futures.Future[T]):
         self._done_callbacks: list[Callable[[concurrent.futures.Future[T]], object]] = []
 
 
-def _lean_future_matches_the_stock_one() -> bool:
+def _lean_future_matches_the_stock_one(
+    stock_class: type[concurrent.futures.Future[Any]] = concurrent.futures.Future,
+) -> bool:
     # The stock constructor's attributes must be exactly the ones LeanFuture sets, and
     # PENDING must still be spelled "PENDING"; a future Python that changes either gets
     # stock futures, which are slower but always right.
-    stock = vars(concurrent.futures.Future())
+    stock = vars(stock_class())
     lean = vars(LeanFuture())
     return stock.keys() == lean.keys() and stock["_state"] == lean["_state"]
 

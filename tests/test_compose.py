@@ -52,7 +52,7 @@ def test_other_values_are_config_errors_naming_the_variable() -> None:
 
 
 def test_use_noop_skips_connecting_even_when_jetstream_is_required() -> None:
-    started = time.monotonic()
+    # Connecting to the unreachable URL with JetStream required would raise ConnectError.
     sink = build_primary_event_sink(
         "a.b",
         env={
@@ -62,7 +62,6 @@ def test_use_noop_skips_connecting_even_when_jetstream_is_required() -> None:
         },
     )
     assert isinstance(sink, NoopEventSink)
-    assert time.monotonic() - started < 0.5
 
 
 def test_reachable_nats_url_gives_the_jetstream_sink(stream: StagedStream) -> None:

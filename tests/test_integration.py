@@ -179,11 +179,11 @@ def test_staging_the_missing_stream_closes_the_circuit_on_the_next_probe(
 
 
 def test_subject_without_stream_fails_with_no_stream_error_quickly(stream: StagedStream) -> None:
+    # Quickly: the server's "no responders" answers it; waiting out publish_timeout would
+    # raise PublishTimeoutError instead.
     with JetStreamEventSink.connect(stream.url, "nobody.listens.here", publish_timeout=3) as sink:
-        started = time.monotonic()
         with pytest.raises(NoStreamError, match="no JetStream stream captures"):
             sink.emit(event(1))
-        assert time.monotonic() - started < 3
 
 
 def test_a_missing_stream_is_named_as_the_cause_of_the_open_circuit(

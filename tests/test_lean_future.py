@@ -9,14 +9,42 @@ from typing import Any
 
 import pytest
 
-from cellos_sink_jetstream._lean_future import _USE_LEAN, LeanFuture, make_future
+from cellos_sink_jetstream import _lean_future
+from cellos_sink_jetstream._lean_future import (
+    LeanFuture,
+    _lean_future_matches_the_stock_one,
+    make_future,
+)
+from tests._polling import wait_until
 
 
-def test_this_python_gets_the_lean_future() -> None:
-    # 3.9 to 3.13 all match; a mismatch would silently cost the speed, so say so here.
-    assert _USE_LEAN
-    assert type(make_future()) is LeanFuture
-    assert isinstance(make_future(), concurrent.futures.Future)
+class _FutureWithAnExtra(concurrent.futures.Future):  # type: ignore[type-arg]
+    def __init__(self) -> None:
+        super().__init__()
+        self._cancel_reason = None
+
+
+class _FutureRenamingState(concurrent.futures.Future):  # type: ignore[type-arg]
+    def __init__(self) -> None:
+        super().__init__()
+        self._state = "pending"
+
+
+def test_the_fit_check_refuses_a_future_whose_attributes_or_states_differ() -> None:
+    assert _lean_future_matches_the_stock_one(concurrent.futures.Future)
+    assert not _lean_future_matches_the_stock_one(_FutureWithAnExtra)
+    assert not _lean_future_matches_the_stock_one(_FutureRenamingState)
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_make_future_falls_back_to_the_stock_future_when_the_check_fails(
+    fits: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_lean_future, "_USE_LEAN", fits)
+    future = make_future()
+    assert type(future) is (LeanFuture if fits else concurrent.futures.Future)
+    future.set_result(1)
+    assert future.result(0) == 1
 
 
 def test_result_from_another_thread_and_timeouts() -> None:
@@ -94,10 +122,19 @@ def test_wait_and_as_completed_mixed_with_stock_futures() -> None:
     stock: concurrent.futures.Future[int] = concurrent.futures.Future()
     done, pending = concurrent.futures.wait([lean, stock], timeout=0.01)
     assert (done, pending) == (set(), {lean, stock})
-    threading.Timer(0.01, lean.set_result, (1,)).start()
+
+    def resolve_once_waited_on() -> None:
+        # Resolve only once wait() below has registered its waiter, so the waiter path
+        # (not the already-done shortcut) is what is tested.
+        wait_until(lambda: lean._waiters, 5, "wait() never registered a waiter")  # type: ignore[attr-defined]
+        lean.set_result(1)
+
+    resolver = threading.Thread(target=resolve_once_waited_on)
+    resolver.start()
     done, _ = concurrent.futures.wait(
         [lean, stock], timeout=5, return_when=concurrent.futures.FIRST_COMPLETED
     )
+    resolver.join(5)
     assert done == {lean}
     stock.set_result(2)
     assert sorted(f.result() for f in concurrent.futures.as_completed([lean, stock], 5)) == [1, 2]
