@@ -445,10 +445,18 @@ class JetStreamEventSink:
         Returns ``True`` if all did within ``timeout`` seconds (``None``: wait as long as
         it takes), ``False`` otherwise (their futures stay pending). Events queued by
         other threads while it waits are not waited for.
+
+        Raises:
+            ReentrantEmitError: called from the sink's own loop thread (an
+                ``on_transition`` callback, a future's done-callback), where waiting would
+                block the loop that settles the events.
         """
         timeout = check_optional_timeout("timeout", timeout)
         runner = self._runner
-        return True if runner is None else runner.wait_settled(timeout)
+        if runner is None:
+            return True
+        _refuse_reentrant_call(runner, "flush()")
+        return runner.wait_settled(timeout)
 
     def _submit(
         self, event: EventLike, kind: type[_Request], deadline: float, room_deadline: float
@@ -469,7 +477,7 @@ class JetStreamEventSink:
                 raise CircuitOpenError(0, 0.0, FailureCause.JETSTREAM_UNAVAILABLE)
         try:
             runner = self._current_runner()
-            _refuse_reentrant_emit(runner)
+            _refuse_reentrant_call(runner, "emit()")
             subject, payload, headers = self._prepare(event, runner)
         except BaseException:
             breaker.release(permit)
@@ -700,6 +708,10 @@ class JetStreamEventSink:
         the deadline fail and are counted in the log: with :class:`PublishTimeoutError`
         when they were sent (the server may still store them: re-emit to be sure), with
         :class:`SinkClosedError` when they were never sent.
+
+        Called from the sink's own loop thread (an ``on_transition`` callback, a future's
+        done-callback), it only starts closing, on a thread of its own, and returns at
+        once: waiting there would block the loop that delivers the events.
         """
         timeout = check_timeout("timeout", timeout)
         deadline = time.monotonic() + timeout
@@ -709,9 +721,21 @@ class JetStreamEventSink:
         runner = self._runner
         if runner is None:
             return
+        if threading.get_ident() == runner.thread_ident:
+            if not already_closed:
+                threading.Thread(
+                    target=self._close_runner,
+                    args=(runner, timeout, deadline),
+                    name=f"{_THREAD_NAME}-close",
+                    daemon=True,
+                ).start()
+            return
         if already_closed:
             runner.stop(max(0.0, deadline - time.monotonic()))
             return
+        self._close_runner(runner, timeout, deadline)
+
+    def _close_runner(self, runner: LoopRunner, timeout: float, deadline: float) -> None:
         # Keep part of the budget for stopping: cancelling and closing the connection.
         reserve = min(0.5, timeout / 2)
         if not runner.wait_settled(max(0.0, deadline - reserve - time.monotonic())):
@@ -776,11 +800,12 @@ class JetStreamEventSink:
         )
 
 
-def _refuse_reentrant_emit(runner: LoopRunner) -> None:
+def _refuse_reentrant_call(runner: LoopRunner, call: str) -> None:
     if threading.get_ident() == runner.thread_ident:
         raise ReentrantEmitError(
-            "emit() was called from the sink's own background thread (a logging handler or "
-            "callback running there?); it would deadlock. Emit from another thread."
+            f"{call} was called from the sink's own background thread (an on_transition "
+            f"callback, a future's done-callback or a logging handler running there?); "
+            f"waiting there would deadlock. Call it from another thread."
         )
 
 
@@ -793,6 +818,8 @@ def _root_ca_context(ca_path: str, origin: str) -> ssl.SSLContext:
             f"point it at a readable PEM CA bundle"
         ) from None
 
+
+_THREAD_NAME = "cellos-sink-jetstream"
 
 _LIVE_SINKS: weakref.WeakSet[JetStreamEventSink] = weakref.WeakSet()
 # Kept alive after a fork so the child never runs their finalizers against a loop and

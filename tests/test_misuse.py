@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -23,6 +24,7 @@ from cellos_sink_jetstream import (
     CloudEventV1,
     ConfigError,
     JetStreamEventSink,
+    PublishError,
     PublishTimeoutError,
     SinkClosedError,
     SinkError,
@@ -282,3 +284,96 @@ def test_close_reports_events_already_sent_as_outcome_unknown(stream: StagedStre
     ]
     assert wrong == [], "close() said 'not stored' of events the stream holds"
     assert [type(e).__name__ for e in errors] == ["PublishTimeoutError"] * (count + 1)
+
+
+# -- 5. close() and flush() from the sink's own loop thread -----------------------------
+
+
+def _disconnected(caplog: pytest.LogCaptureFixture) -> bool:
+    return any("disconnected from NATS" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("method", ["close", "flush"])
+def test_close_or_flush_from_on_transition_never_blocks_the_loop(
+    stream: StagedStream, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The callback runs on the loop thread: close() there starts closing and returns,
+    flush() is refused; either way the emit that opened the circuit gets its real error
+    ("not sent", not a timeout), and after flush() the sink goes on working."""
+    caplog.set_level(logging.INFO, logger="cellos_sink_jetstream")
+    called: list[str] = []
+    sinks: list[JetStreamEventSink] = []
+
+    def on_transition(old: object, new: object) -> None:
+        try:
+            getattr(sinks[0], method)()
+            called.append("returned")
+        except SinkError as exc:
+            called.append(type(exc).__name__)
+
+    sink = JetStreamEventSink.connect(
+        stream.url,
+        stream.subject("callback"),
+        publish_timeout=3.0,
+        retry_attempts=1,
+        on_transition=on_transition,
+        name=f"callback-{method}",
+    )
+    sinks.append(sink)
+    try:
+        sink.emit(event(0, "callback"))
+        stream.server.stop()
+        wait_until(lambda: _disconnected(caplog), 10, "the sink never saw the disconnect")
+        with pytest.raises(PublishError) as info:
+            sink.emit(event(1, "callback"))
+        assert not isinstance(info.value, PublishTimeoutError), info.value
+        assert "not sent" in str(info.value)
+        if method == "close":
+            assert called == ["returned"]
+            assert sink.closed
+            runner = sink._runner
+            assert runner is not None
+            wait_until(lambda: not runner._thread.is_alive(), 10, "the loop never stopped")
+            with pytest.raises(SinkClosedError):
+                sink.emit(event(2, "callback"))
+        else:
+            assert called == ["ReentrantEmitError"]
+            stream.server.start()
+
+            def emits() -> bool:
+                try:
+                    sink.emit(event(3, "callback"))
+                except PublishError:
+                    return False
+                return True
+
+            wait_until(emits, 20, "the sink never published again: its loop is blocked")
+            assert called[-1] == "ReentrantEmitError"  # the closing transition
+    finally:
+        sink.close(timeout=2.0)
+        sinks.clear()
+
+
+def test_close_and_flush_from_a_futures_done_callback(stream: StagedStream) -> None:
+    results: list[str] = []
+    sink = JetStreamEventSink.connect(stream.url, stream.subject("done-callback"))
+    try:
+
+        def flush_then_close(future: concurrent.futures.Future[Any]) -> None:
+            try:
+                sink.flush(5)
+            except SinkError as exc:
+                results.append(type(exc).__name__)
+            sink.close(timeout=5)
+            results.append("closed")
+
+        future = sink.emit_nowait(event(0, "done-callback"))
+        future.add_done_callback(flush_then_close)
+        future.result(10)
+        wait_until(lambda: "closed" in results, 10, "close() from the callback never returned")
+        assert results == ["ReentrantEmitError", "closed"]
+        assert sink.closed
+        wait_until(lambda: not sink._runner._thread.is_alive(), 10, "the loop never stopped")  # type: ignore[union-attr]
+        assert sink.flush(1) is True
+    finally:
+        sink.close(timeout=2.0)
