@@ -13,7 +13,8 @@ import json
 import logging
 import re
 import ssl
-from collections.abc import Mapping, Sequence
+from asyncio import FIRST_COMPLETED
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -350,9 +351,15 @@ class NatsPublisher:
 
         secrets = secrets_in(options.servers)
         last_errors: list[Exception] = []
+        # Set once every server refused the initial connection: nothing listens there,
+        # and nats-py would keep retrying until connect_timeout.
+        refused_everywhere = asyncio.Event()
+        refusals = itertools.count(1)
 
         async def on_error(exc: Exception) -> None:
             last_errors[:] = [exc]
+            if isinstance(exc, ConnectionRefusedError) and next(refusals) >= len(options.servers):
+                refused_everywhere.set()
             logger.debug(
                 "NATS connection error at %s: %s", options.display_url, _describe(exc, secrets)
             )
@@ -387,21 +394,33 @@ class NatsPublisher:
         if options.tls is not None:
             kwargs["tls"] = options.tls
         try:
-            await asyncio.wait_for(nc.connect(**kwargs), options.connect_timeout)
+            await _connect_unless_refused(
+                nc.connect(**kwargs), refused_everywhere, options.connect_timeout
+            )
         except BaseException as exc:
+            publisher._closing = True  # it never connected: no "disconnected" to report
             await _close_quietly(nc)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                 raise
-            cause = last_errors[-1] if last_errors else exc
-            reason = (
-                "timed out"
-                if isinstance(cause, asyncio.TimeoutError)
-                else _describe(cause, secrets)
-            )
+            if refused_everywhere.is_set():
+                problem = (
+                    "the connection was refused (is the server running, and listening on "
+                    "that port?)"
+                )
+            else:
+                cause = last_errors[-1] if last_errors else exc
+                reason = (
+                    "timed out"
+                    if isinstance(cause, asyncio.TimeoutError)
+                    else _describe(cause, secrets)
+                )
+                problem = (
+                    f"no connection within {options.connect_timeout:g}s (last error: {reason})"
+                )
+            logger.info("could not connect to NATS at %s: %s", options.display_url, problem)
             raise ConnectError(
-                f"could not connect to NATS at {options.display_url} within "
-                f"{options.connect_timeout:g}s (last error: {reason}); check that the server is "
-                f"up, the URL, the credentials and the TLS settings"
+                f"could not connect to NATS at {options.display_url}: {problem}; check that "
+                f"the server is up, the URL, the credentials and the TLS settings"
             ) from None
         await nc.subscribe_direct(f"{publisher._reply_prefix}*", publisher._on_reply)
         return publisher
@@ -603,7 +622,33 @@ def _refuse_unheard_ack(
 
 def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
     text = scrub(str(exc), secrets)[:200]
+    if type(exc).__module__.startswith("nats"):
+        # nats-py's messages say what happened ("nats: unexpected EOF"); its class names
+        # mean nothing to the reader.
+        return text or "an error in the NATS client"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _connect_unless_refused(
+    connecting: Awaitable[None], refused: asyncio.Event, timeout: float
+) -> None:
+    """Await ``connecting`` for ``timeout`` seconds, giving up at once when ``refused`` is set.
+
+    Raises ``asyncio.TimeoutError`` in both cases; the caller tells them apart by ``refused``.
+    """
+    attempt = asyncio.ensure_future(connecting)
+    refusal = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({attempt, refusal}, timeout=timeout, return_when=FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            # nats-py's connect() ends on cancellation; wait for it so no task is left.
+            await asyncio.wait({attempt})
+    if attempt.cancelled():
+        raise asyncio.TimeoutError
+    attempt.result()
 
 
 async def _close_quietly(nc: Client, timeout: float = _CLOSE_TIMEOUT_SECONDS) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import socket
@@ -329,6 +330,32 @@ def test_unreachable_server_fails_connect_within_the_timeout() -> None:
     with pytest.raises(ConnectError, match="could not connect"):
         JetStreamEventSink.connect(f"nats://127.0.0.1:{port}", "a.b", connect_timeout=1.0)
     assert time.monotonic() - started < 1.0 + 1.5
+
+
+@pytest.mark.parametrize("ports", [1, 2])
+def test_a_refused_connection_is_reported_as_refused_at_once(
+    ports: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="cellos_sink_jetstream")
+    url = ",".join(f"nats://127.0.0.1:{_closed_port()}" for _ in range(ports))
+    # connect_timeout 30 s: nats-py alone retries a refused port until then; the
+    # refusal must end connect() long before (15 s is only a generous guard).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        attempt = pool.submit(JetStreamEventSink.connect, url, "a.b", connect_timeout=30.0)
+        error = attempt.exception(timeout=15)
+    assert isinstance(error, ConnectError)
+    assert "the connection was refused" in str(error)
+    assert "ConnectionRefusedError" not in str(error)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("could not connect to NATS" in m and "refused" in m for m in messages), messages
+    assert not any("disconnected from NATS" in m for m in messages), messages
+
+
+def test_one_refusing_server_of_two_does_not_stop_connect(stream: StagedStream) -> None:
+    url = f"nats://127.0.0.1:{_closed_port()},{stream.url}"
+    for _ in range(3):  # nats-py shuffles the list: give the refusing one a chance first
+        with JetStreamEventSink.connect(url, stream.subject("two"), connect_timeout=10) as sink:
+            sink.emit(event(0))
 
 
 def _closed_port() -> int:
