@@ -403,6 +403,25 @@ def test_check_when_the_suggested_name_is_taken_says_how_to_add_the_subject(
     assert error.startswith("no JetStream stream captures audit._default.cells; add it to stream")
 
 
+@pytest.mark.parametrize("name_taken", [False, True])
+def test_check_without_a_stream_says_a_running_sink_recovers_on_its_next_probe(
+    stream: StagedStream, capsys: pytest.CaptureFixture[str], name_taken: bool
+) -> None:
+    argv = ["check", "--subject", "late.{tenantId}", "--url", stream.url]
+    status = main([*argv, "--stream", "CELLOS" if name_taken else "LATE"])
+    captured = capsys.readouterr()
+    assert status == EXIT_FAILURE
+    assert (
+        "note        until a stream captures it, emits fail (NoStreamError, then "
+        "CircuitOpenError with cause no_stream); once one does, a running sink's circuit "
+        "closes on its next probe, without a restart\n"
+    ) in captured.out
+    # ... which is what a sink does once the stream is staged (the suggested command's
+    # subjects): tests/test_integration.py stages one under an open circuit.
+    stage_stream(stream.url, "LATE", ["late.*"])
+    assert main(argv) == EXIT_OK
+
+
 def test_check_with_an_expected_stream_of_other_subjects_suggests_editing_it(
     stream: StagedStream, capsys: pytest.CaptureFixture[str]
 ) -> None:

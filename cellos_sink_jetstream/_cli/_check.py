@@ -40,6 +40,14 @@ SYNC_INTERVAL_NOTE = (
 )
 
 
+#: Printed when no stream captures the subject: what staging one does to running sinks.
+NEXT_PROBE_NOTE = (
+    "until a stream captures it, emits fail (NoStreamError, then CircuitOpenError with "
+    "cause no_stream); once one does, a running sink's circuit closes on its next probe, "
+    "without a restart"
+)
+
+
 def nats_stream_add_command(template: str, stream: str = DEV_STREAM) -> str:
     """The ``nats stream add`` command an operator runs to pre-stage a stream for ``template``.
 
@@ -233,6 +241,7 @@ def _report_missing_stream(
         out(f"stream      none captures {subject}")
         out("The operator must pre-stage one, for example:")
         out(f"  {nats_stream_add_command(template, wanted)}")
+        out(f"note        {NEXT_PROBE_NOTE}")
         raise CliError(
             f"no JetStream stream captures {subject}; create one (see the command above)"
         )
@@ -246,6 +255,7 @@ def _report_missing_stream(
     if findings.free_name is not None:
         out("or pre-stage a stream of its own, for example:")
         out(f"  {nats_stream_add_command(template, findings.free_name)}")
+    out(f"note        {NEXT_PROBE_NOTE}")
     raise CliError(
         f"no JetStream stream captures {subject}; add it to stream {wanted} or create "
         f"another stream (see the commands above)"
