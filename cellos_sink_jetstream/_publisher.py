@@ -53,6 +53,13 @@ HEADER_CONTENT_TYPE = "Content-Type"
 # JetStream's error code for "expected stream does not match".
 _ERR_STREAM_MISMATCH = 10060
 _STATUS_NO_RESPONDERS = "503"
+# connect()'s JetStream check: the request, its reply token, and the pseudo status of a
+# permissions violation (the server refused to let this account send the request).
+_JS_API_INFO = "$JS.API.INFO"
+_JS_API_STREAM_INFO = "$JS.API.STREAM.INFO."
+_CHECK_REPLY = "connect-check"
+_CHECK_REPLY_BYTES = _CHECK_REPLY.encode()
+_CHECK_DENIED = "denied"
 _CLOSE_TIMEOUT_SECONDS = 2.0
 # nats-py 2.16 accepts skip_subject_validation; 2.14 and older reject the argument.
 _CAN_SKIP_SUBJECT_VALIDATION = (
@@ -340,6 +347,8 @@ class NatsPublisher:
         self._listener: AckListener = _refuse_unheard_ack
         self._reconnect_listener: Callable[[], object] = _ignore_reconnect
         self._closing = False
+        # JetStream's answer to connect()'s check: (data, status), until connect returns.
+        self._check_answer: Optional[asyncio.Future[tuple[bytes, Optional[str]]]] = None
 
     @classmethod
     async def connect(
@@ -355,8 +364,17 @@ class NatsPublisher:
         # and nats-py would keep retrying until connect_timeout.
         refused_everywhere = asyncio.Event()
         refusals = itertools.count(1)
+        deadline = asyncio.get_running_loop().time() + options.connect_timeout
+        check_subject = (
+            _JS_API_INFO if expected_stream is None else f"{_JS_API_STREAM_INFO}{expected_stream}"
+        )
 
         async def on_error(exc: Exception) -> None:
+            if _is_permission_denial(exc, check_subject):
+                # The account may not ask JetStream's API (publish-only users): the server
+                # answered, so it is up; the first emit tells whether JetStream stores.
+                publisher._answer_check(_CHECK_DENIED)
+                return
             last_errors[:] = [exc]
             if isinstance(exc, ConnectionRefusedError) and next(refusals) >= len(options.servers):
                 refused_everywhere.set()
@@ -422,8 +440,77 @@ class NatsPublisher:
                 f"could not connect to NATS at {options.display_url}: {problem}; check that "
                 f"the server is up, the URL, the credentials and the TLS settings"
             ) from None
-        await nc.subscribe_direct(f"{publisher._reply_prefix}*", publisher._on_reply)
+        problem = await publisher._check_handshake(check_subject, deadline, options.connect_timeout)
+        if problem is not None:
+            publisher._closing = True  # a half-made connection: no "disconnected" to report
+            await _close_quietly(nc)
+            logger.info("could not connect to NATS at %s: %s", options.display_url, problem)
+            raise ConnectError(f"could not connect to NATS at {options.display_url}: {problem}")
         return publisher
+
+    async def _check_handshake(
+        self, check_subject: str, deadline: float, timeout: float
+    ) -> Optional[str]:
+        """What is wrong with the fresh connection, or ``None`` when it is ready.
+
+        Ready means: the server answered the handshake's PING with PONG (nats-py returns
+        from ``connect()`` without one when the peer hangs up instead), and JetStream
+        answered one API request (account info, or the expected stream's info) in time.
+        """
+        nc = self._nc
+        if not nc.is_connected:
+            return (
+                "the server did not answer PING with PONG, so the handshake never finished; "
+                "check that the URL points at a healthy NATS server"
+            )
+        loop = asyncio.get_running_loop()
+        await nc.subscribe_direct(f"{self._reply_prefix}*", self._on_reply)
+        answer: asyncio.Future[tuple[bytes, Optional[str]]] = loop.create_future()
+        self._check_answer = answer
+        try:
+            await nc.publish(check_subject, b"", reply=f"{self._reply_prefix}{_CHECK_REPLY}")
+            data, status = await asyncio.wait_for(answer, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            return (
+                f"no answer from JetStream to {check_subject} within the connect timeout "
+                f"({timeout:g}s); check that JetStream is enabled and healthy on the server"
+            )
+        except nats.errors.Error:
+            return (
+                f"the connection dropped while waiting for JetStream's answer to "
+                f"{check_subject}; check that the server is healthy"
+            )
+        finally:
+            self._check_answer = None
+        if status == _STATUS_NO_RESPONDERS:
+            return (
+                f"JetStream is not enabled on the server (no responders to {check_subject}); "
+                f"enable it (nats-server -js, or a jetstream block in its configuration)"
+            )
+        if status == _CHECK_DENIED:
+            logger.debug("this account may not call %s; JetStream was not checked", check_subject)
+            return None
+        error = _api_error(data)
+        if error is not None and error.get("code") == 503:
+            return (
+                f"JetStream is unavailable (code 503, err_code {error.get('err_code')}: "
+                f"{str(error.get('description', ''))[:200]}); enable JetStream for this "
+                f"account, or retry once the server is ready"
+            )
+        if error is not None:
+            logger.warning(
+                "JetStream answered %s with code %s (%s); publishing will tell whether the "
+                "stream is staged",
+                check_subject,
+                error.get("code"),
+                str(error.get("description", ""))[:200],
+            )
+        return None
+
+    def _answer_check(self, status: str, data: bytes = b"") -> None:
+        answer = self._check_answer
+        if answer is not None and not answer.done():
+            answer.set_result((data, status))
 
     @property
     def max_payload(self) -> int:
@@ -456,6 +543,9 @@ class NatsPublisher:
 
     def _on_reply(self, reply_subject: bytes, data: bytes, status: Optional[str]) -> None:
         token = reply_subject[self._reply_prefix_size :]
+        if token == _CHECK_REPLY_BYTES:
+            self._answer_check(status or "", data)
+            return
         pending = self._pending.pop(int(token), None) if token.isdigit() else None
         if pending is None:
             return  # a late reply to a publish that was forgotten
@@ -618,6 +708,23 @@ def _refuse_unheard_ack(
     receiver: Any, ack: Optional[PubAck], error: Optional[BaseException]
 ) -> None:
     raise RuntimeError("NatsPublisher.send_now() was used before listen(); nobody hears the ack")
+
+
+def _is_permission_denial(exc: Exception, subject: str) -> bool:
+    # nats-py hands the server's -ERR line, lower-cased, to the error callback:
+    # nats: permissions violation for publish to "$js.api.info"
+    text = str(exc)
+    return "permissions violation for publish" in text and f'"{subject.lower()}"' in text
+
+
+def _api_error(data: bytes) -> Optional[dict[str, Any]]:
+    """The ``error`` object of a JetStream API answer, if it is one."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else None
 
 
 def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
