@@ -440,12 +440,14 @@ class NatsPublisher:
                 f"could not connect to NATS at {options.display_url}: {problem}; check that "
                 f"the server is up, the URL, the credentials and the TLS settings"
             ) from None
-        problem = await publisher._check_handshake(check_subject, deadline, options.connect_timeout)
-        if problem is not None:
+        not_ready = await publisher._check_handshake(
+            check_subject, deadline, options.connect_timeout
+        )
+        if not_ready is not None:
             publisher._closing = True  # a half-made connection: no "disconnected" to report
             await _close_quietly(nc)
-            logger.info("could not connect to NATS at %s: %s", options.display_url, problem)
-            raise ConnectError(f"could not connect to NATS at {options.display_url}: {problem}")
+            logger.info("could not connect to NATS at %s: %s", options.display_url, not_ready)
+            raise ConnectError(f"could not connect to NATS at {options.display_url}: {not_ready}")
         return publisher
 
     async def _check_handshake(
