@@ -251,10 +251,13 @@ class _SinkClient(Client):
             logger.exception("handling a reply from NATS failed; ignored")
 
     def _connect_command(self) -> bytes:
-        if self._cellos_require_tls:
-            writer = getattr(self._transport, "_io_writer", None)
-            if writer is None or writer.get_extra_info("ssl_object") is None:
-                raise nats.errors.SecureConnRequiredError()
+        # Called on every (re)connect, once the new transport exists and before CONNECT.
+        writer = getattr(self._transport, "_io_writer", None)
+        if self._cellos_require_tls and (
+            writer is None or writer.get_extra_info("ssl_object") is None
+        ):
+            raise nats.errors.SecureConnRequiredError()
+        _limit_read_size(getattr(writer, "transport", None))
         command: bytes = super()._connect_command()
         return command
 
@@ -774,6 +777,19 @@ async def _close_quietly(nc: Client, timeout: float = _CLOSE_TIMEOUT_SECONDS) ->
     except Exception as exc:  # closing must not mask the reason we are closing for
         logger.debug("ignored error while closing the NATS connection: %s", type(exc).__name__)
         _abort_transport(nc)
+
+
+#: Most bytes asyncio reads from the socket at once. Its default, 256 KiB, is above
+#: glibc's mmap threshold: every read of an ack mapped, shrank and unmapped a fresh
+#: buffer (three system calls and a page fault per read, and in a threaded process a
+#: TLB flush on every core running one of its threads). 64 KiB comes from the heap and
+#: still holds hundreds of acks.
+_READ_SIZE = 64 * 1024
+
+
+def _limit_read_size(socket_transport: object) -> None:
+    if isinstance(getattr(socket_transport, "max_size", None), int):
+        socket_transport.max_size = _READ_SIZE  # type: ignore[attr-defined]
 
 
 def _abort_transport(nc: Client) -> None:

@@ -1,4 +1,5 @@
-"""The nats-py client subclass's write path, without a server: when a batch goes out."""
+"""The nats-py client subclass: its write path without a server (when a batch goes out),
+and its read size against a real one."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from cellos_sink_jetstream._publisher import _SinkClient
+from cellos_sink_jetstream import CloudEventV1, JetStreamEventSink, PublishError, with_retry
+from cellos_sink_jetstream._publisher import _READ_SIZE, _SinkClient
+from tests._nats import read_stream
+from tests.conftest import StagedStream
 
 BLOCK = b"NATS/1.0\r\nNats-Msg-Id: e\r\n\r\n"
 
@@ -89,3 +93,34 @@ def test_without_a_flusher_the_batch_is_written_at_once() -> None:
         assert client._pending == []
 
     asyncio.run(main())
+
+
+# -- the read size, against a real server -----------------------------------------------
+
+
+def _socket_transport(sink: Any) -> Any:
+    client = sink._runner.publisher._nc
+    return client._transport._io_writer.transport
+
+
+def test_the_connection_reads_at_most_64_kib_at_once_after_every_connect(
+    stream: StagedStream,
+) -> None:
+    # asyncio's default (256 KiB) made every read of an ack map and unmap a fresh buffer.
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("readsize"), publish_timeout=2.0
+    ) as sink:
+        first = _socket_transport(sink)
+        assert first.max_size == _READ_SIZE == 64 * 1024
+        sink.emit(CloudEventV1.create("t", "/bench", {"n": 1}))
+        stream.server.restart()
+        with_retry(
+            100,
+            lambda: sink.emit(CloudEventV1.create("t", "/b")),
+            retry_on=(PublishError,),
+            max_delay=0.2,
+        )
+        second = _socket_transport(sink)
+        assert second is not first  # a new connection, limited too
+        assert second.max_size == _READ_SIZE
+    assert len(read_stream(stream.url, stream.name)) == 2
