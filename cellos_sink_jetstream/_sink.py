@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar, Union
 
-from typing_extensions import Protocol, Self, runtime_checkable
+from typing_extensions import ParamSpec, Protocol, Self, runtime_checkable
 
 from ._binary_mode import CONTENT_MODES, BinaryEncoder
 from ._breaker import BreakerState, CircuitBreaker, Connected, Permit, Reconnecting
@@ -270,6 +271,7 @@ class JetStreamEventSink:
         self._lock = threading.Lock()
         self._closed = False
         self._runner: Optional[LoopRunner] = None
+        self._finalizer: Optional[weakref.finalize[..., Any]] = None
         self._published = self._duplicates = self._failed = 0
         self._failed_by_cause: dict[str, int] = {}
         self._probes = self._openings = 0
@@ -331,21 +333,28 @@ class JetStreamEventSink:
         )
         name = str(options.pop("name", "cellos-sink-jetstream"))
 
+        # The loop thread runs this: it holds the sink only weakly, or a sink dropped
+        # without close() would never be collected (see _close_unreferenced).
+        settings_of_sink: list[_Settings] = []
+
         async def connect_publisher() -> Publisher:
+            settings = settings_of_sink[0]
             connect_options = ConnectOptions(
                 servers=servers,
                 display_url=display_url,
                 tls=tls,
-                connect_timeout=sink._settings.connect_timeout,
+                connect_timeout=settings.connect_timeout,
                 reconnect_time_wait=reconnect_time_wait,
                 name=name,
             )
-            publisher = await NatsPublisher.connect(connect_options, sink._settings.stream)
+            publisher = await NatsPublisher.connect(connect_options, settings.stream)
             # NATS is back before any probe could tell: let the next emit probe at once.
-            publisher.on_reconnected(sink._connection_restored)
+            publisher.on_reconnected(restored)
             return publisher
 
         sink = cls(connect_publisher, subject, display_url=display_url, **options)
+        settings_of_sink.append(sink._settings)
+        restored = _weakly(sink._connection_restored)
         if wait:
             sink._start_runner()
         else:
@@ -657,26 +666,47 @@ class JetStreamEventSink:
 
     def _start_runner(self) -> LoopRunner:
         runner = self._make_runner()
-        runner.start(self._settings.connect_timeout + 1.0)
+        try:
+            runner.start(self._settings.connect_timeout + 1.0)
+        except BaseException:
+            self._forget_runner()  # nothing left to close: no "not closed" warning later
+            raise
         self._runner = runner
         return runner
 
+    def _forget_runner(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
     def _make_runner(self) -> LoopRunner:
         settings = self._settings
-        return LoopRunner(
+        runner = LoopRunner(
             self._connect,
             max_in_flight=settings.max_in_flight,
             max_queue=settings.max_queue,
             retry_attempts=settings.retry_attempts,
-            on_outcome=self._on_outcome,
+            on_outcome=_weakly(self._on_outcome),
         )
+        # Closes the runner should the sink be dropped without close(). Not at exit:
+        # _close_all_at_exit closes the sinks still alive then.
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(
+            self, _close_unreferenced, runner, self._display_url, settings.publish_timeout
+        )
+        self._finalizer.atexit = False
+        return runner
 
     def _start_runner_in_background(self) -> None:
         # The first connect is the open circuit's probe: its success closes the circuit.
         permit = self._breaker.open_for_connect()
         runner = self._make_runner()
         self._runner = runner
-        runner.start_in_background(lambda: self._breaker.record_success(permit))
+        runner.start_in_background(functools.partial(_weakly(self._first_connect), permit))
+
+    def _first_connect(self, permit: Permit) -> None:
+        self._breaker.record_success(permit)
 
     def _current_runner(self) -> LoopRunner:
         runner = self._runner
@@ -695,6 +725,7 @@ class JetStreamEventSink:
         if self._runner is not None:
             _ABANDONED_RUNNERS.append(self._runner)
             self._runner = None
+            self._forget_runner()
         # Locks held by other parent threads at fork time would stay locked forever here.
         self._lock = threading.Lock()
         # The child's connection is new: the parent's outage (and probe) is not its own.
@@ -718,6 +749,7 @@ class JetStreamEventSink:
         with self._lock:
             already_closed = self._closed
             self._closed = True
+            self._forget_runner()
         runner = self._runner
         if runner is None:
             return
@@ -807,6 +839,50 @@ def _refuse_reentrant_call(runner: LoopRunner, call: str) -> None:
             f"callback, a future's done-callback or a logging handler running there?); "
             f"waiting there would deadlock. Call it from another thread."
         )
+
+
+_P = ParamSpec("_P")
+
+
+def _weakly(method: Callable[_P, None]) -> Callable[_P, None]:
+    """``method`` (bound) as a callback that holds its object weakly: a no-op once it is gone.
+
+    What the loop thread calls back into the sink goes through this, so that the loop
+    never keeps a sink alive that its owner dropped.
+    """
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args, **kwargs)
+
+    return call
+
+
+def _close_unreferenced(runner: LoopRunner, display_url: str, timeout: float) -> None:
+    # A weakref.finalize callback: it may run on any thread, the loop's own included, in
+    # the middle of whatever triggered the collection; so it only starts the closing.
+    logger.warning(
+        "a JetStreamEventSink for %s was garbage-collected without close(); closing it "
+        "(events in flight get their outcome). Call close() or use it in a with block.",
+        display_url,
+    )
+    try:
+        threading.Thread(
+            target=_close_runner_of_unreferenced,
+            args=(runner, timeout),
+            name=f"{_THREAD_NAME}-close",
+            daemon=True,
+        ).start()
+    except RuntimeError:  # the interpreter is shutting down: no new threads
+        runner.stop(0.0)
+
+
+def _close_runner_of_unreferenced(runner: LoopRunner, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    runner.wait_settled(max(0.0, timeout - min(0.5, timeout / 2)))
+    runner.stop(max(0.0, deadline - time.monotonic()))
 
 
 def _root_ca_context(ca_path: str, origin: str) -> ssl.SSLContext:

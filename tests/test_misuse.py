@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ import pytest
 from cellos_sink_jetstream import (
     CloudEventV1,
     ConfigError,
+    Connected,
     JetStreamEventSink,
     PublishError,
     PublishTimeoutError,
@@ -377,3 +379,50 @@ def test_close_and_flush_from_a_futures_done_callback(stream: StagedStream) -> N
         assert sink.flush(1) is True
     finally:
         sink.close(timeout=2.0)
+
+
+# -- 9. a sink dropped without close() ---------------------------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _use_and_drop(url: str, subject: str, n: int, wait: bool) -> concurrent.futures.Future[Any]:
+    sink = JetStreamEventSink.connect(url, subject, publish_timeout=10.0, wait=wait)
+    if wait:
+        sink.emit(event(n, "dropped"))
+    else:
+        wait_until(lambda: sink.state == Connected(), 10, "the sink never connected")
+    # Still in flight when the sink is dropped: it must get its outcome all the same.
+    return sink.emit_nowait(event(n, "dropped-pending"))
+
+
+def test_a_sink_dropped_without_close_is_closed_after_garbage_collection(
+    stream: StagedStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    count = 50
+    gc.collect()
+    threads_before = threading.active_count()
+    fds_before = _open_fds()
+    pending = [
+        _use_and_drop(stream.url, stream.subject("dropped"), n, wait=n % 2 == 0)
+        for n in range(count)
+    ]
+    gc.collect()
+    wait_until(
+        lambda: threading.active_count() <= threads_before,
+        60,
+        "the threads of dropped sinks are still running",
+    )
+    wait_until(lambda: _open_fds() <= fds_before, 30, "the sockets of dropped sinks are open")
+    assert all(f.done() for f in pending)
+    acked = [f for f in pending if f.exception() is None]
+    assert len(acked) == count, [f.exception() for f in pending if f.exception()]
+    warnings = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "without close()" in r.getMessage()
+    ]
+    assert len(warnings) == count
+    assert sum(i.startswith("dropped-pending-") for i in stored_ids(stream)) == count
