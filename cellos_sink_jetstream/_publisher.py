@@ -206,7 +206,7 @@ _STATUS_OFFSET = len(b"NATS/1.0 ")
 
 
 class _SinkClient(Client):
-    """The nats-py client with three changes the sink relies on.
+    """The nats-py client with four changes the sink relies on.
 
     - It refuses to send CONNECT over plaintext when TLS was asked for: nats-py upgrades
       to TLS only when the server's INFO says ``tls_required``, so a server (or an
@@ -218,6 +218,8 @@ class _SinkClient(Client):
       sink's bottleneck.
     - It hands the messages of :meth:`subscribe_direct` subscriptions (the acks) to a
       plain function, without a queue and a task switch per message.
+    - A reconnect whose peer never answers the handshake's PING with PONG is a failed
+      attempt, not a half-made connection.
     """
 
     def __init__(self, require_tls: bool) -> None:
@@ -249,6 +251,22 @@ class _SinkClient(Client):
             handler(subject, data, _inline_status(headers))
         except Exception:  # raised into the parser, it would drop the connection
             logger.exception("handling a reply from NATS failed; ignored")
+
+    async def _process_connect_init(self) -> None:
+        reconnecting = self.is_reconnecting
+        await super()._process_connect_init()
+        if reconnecting and not self.is_connected:
+            # The peer hung up (or said something else) instead of answering the PING with
+            # PONG. nats-py carries on as if connected, starts its tasks, and the reconnect
+            # that follows fails one of them with InvalidStateError, which asyncio prints
+            # as "Task exception was never retrieved". Make it a failed attempt instead:
+            # nats-py then tries again later. (A first connect is judged by connect().)
+            for task in (self._reading_task, self._ping_interval_task, self._flusher_task):
+                if task is not None:
+                    task.cancel()
+            if self._transport is not None:
+                self._transport.close()  # type: ignore[no-untyped-call]
+            raise nats.errors.Error("nats: the server did not answer PING with PONG")
 
     def _connect_command(self) -> bytes:
         # Called on every (re)connect, once the new transport exists and before CONNECT.

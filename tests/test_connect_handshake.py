@@ -29,18 +29,18 @@ PeerScript = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[No
 class FakePeer:
     """An asyncio server on 127.0.0.1 that runs ``script`` for every connection."""
 
-    def __init__(self, script: PeerScript) -> None:
+    def __init__(self, script: PeerScript, port: int = 0) -> None:
         self._script = script
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._stop: asyncio.Event
-        self.port = 0
+        self.port = port
         self.connections = 0
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),))
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
         self.port = server.sockets[0].getsockname()[1]
         self._started.set()
         async with server:
