@@ -13,6 +13,7 @@ from cellos_sink_jetstream import (
     CloudEventV1,
     Connected,
     EventSink,
+    FailureCause,
     JetStreamEventSink,
     NoopEventSink,
     PubAck,
@@ -68,8 +69,13 @@ def supervisor() -> None:
         sink.emit(42)  # type: ignore[arg-type]  # EventLike is not Any
         try:
             sink.emit(event)
-        except CircuitOpenError:
-            pass
+        except CircuitOpenError as refused:
+            cause: FailureCause = refused.cause
+            wait: float = refused.retry_after
+            if cause is FailureCause.NO_STREAM and isinstance(state, Reconnecting):
+                same: FailureCause = state.cause
+                del same
+            del wait
         except PublishTimeoutError:
             sink.emit(event)  # same id: deduplicated by JetStream
         retried: PubAck = with_retry(
