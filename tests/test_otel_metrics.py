@@ -11,9 +11,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     Gauge,
@@ -36,7 +38,7 @@ from cellos_sink_jetstream import (
     instrument,
     with_retry,
 )
-from cellos_sink_jetstream._otel import DURATION_BUCKETS, INSTRUMENTS
+from cellos_sink_jetstream._otel import DURATION_BUCKETS, INSTRUMENTS, _Durations
 from tests._nats import stage_stream
 from tests._polling import wait_until
 from tests.conftest import StagedStream
@@ -339,6 +341,49 @@ def test_a_spool_over_a_sink_without_stats_reports_the_spool_only(
     assert metrics.durations() == 1
     assert "messaging.client.sent.messages" not in metrics.points
     assert "cellos.sink.circuit.state" not in metrics.points
+
+
+durations = st.lists(
+    st.floats(min_value=0.0, max_value=20.0) | st.sampled_from(DURATION_BUCKETS),
+    min_size=1,
+    max_size=100,
+)
+
+
+def histogram_point(record: Callable[[Callable[..., None]], None]) -> HistogramDataPoint:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    histogram = provider.get_meter("t").create_histogram(
+        "d", unit="s", explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS)
+    )
+    record(histogram.record)
+    data = reader.get_metrics_data()
+    assert data is not None
+    (point,) = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+    assert isinstance(point, HistogramDataPoint)
+    return point
+
+
+@given(durations)
+def test_durations_counted_in_place_give_the_sdks_own_histogram(values: list[float]) -> None:
+    labels = {"messaging.system": "nats"}
+
+    def directly(record: Callable[..., None]) -> None:
+        for value in values:
+            record(value, labels)
+
+    def aggregated(record: Callable[..., None]) -> None:
+        aggregate = _Durations(labels)
+        for value in values:
+            aggregate.add(value)
+        aggregate.drain(record)
+        aggregate.drain(record)  # drained: nothing twice
+
+    want, got = histogram_point(directly), histogram_point(aggregated)
+    assert got.bucket_counts == want.bucket_counts
+    assert (got.count, got.min, got.max) == (want.count, want.min, want.max)
+    assert got.sum == pytest.approx(want.sum, rel=1e-9, abs=1e-12)
+    assert got.attributes == labels
 
 
 def test_instrument_needs_a_sink_with_stats(metrics: Metrics) -> None:
