@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -21,6 +22,7 @@ from cellos_sink_jetstream import (
     Reconnecting,
     SinkStats,
     build_primary_event_sink,
+    instrument,
     resolve_tenant_subject,
     with_retry,
 )
@@ -88,3 +90,16 @@ def supervisor() -> None:
     result: int = with_retry(3, lambda: 42)
     version: str = cs.__version__
     del result, version
+
+
+def observability() -> None:
+    with JetStreamEventSink.connect(
+        None, "cellos.events.{tenantId}", content_mode="binary", trace_context=False
+    ) as sink:
+        instrument(sink)  # the global MeterProvider
+        causes: Mapping[str, int] = sink.stats().failed_by_cause
+        del causes
+    event: CloudEventV1 = CloudEventV1.from_nats_message(
+        {"ce-specversion": "1.0", "ce-id": "x", "ce-source": "/s", "ce-type": "t"}, b""
+    )
+    del event
