@@ -380,7 +380,7 @@ def instrument(sink: Any, meter_provider: Any = None) -> None:
 
 
 def _time_emit(sink: Any, registry: _Registry, attributes: dict[str, str]) -> None:
-    emit = sink.emit
+    emit = _emit_of(sink)
     clock = time.perf_counter
     succeeded = registry.durations(attributes).add
     failed: dict[str, Callable[[float], None]] = {}
@@ -398,6 +398,25 @@ def _time_emit(sink: Any, registry: _Registry, attributes: dict[str, str]) -> No
             raise
         succeeded(clock() - started)
 
-    timed_emit.__doc__ = emit.__doc__
+    timed_emit.__doc__ = sink.emit.__doc__
     # An instance attribute: the class, and every sink not instrumented, stay as they are.
     sink.emit = timed_emit
+
+
+def _emit_of(sink: Any) -> Callable[[Any], None]:
+    """``sink``'s emit, called without holding the sink.
+
+    A bound method kept in the sink's own attribute would make a reference cycle, so a
+    dropped sink would wait for the cycle collector before it is closed; this holds it
+    weakly (whoever calls ``sink.emit`` holds the sink anyway).
+    """
+    earlier = getattr(sink, "__dict__", {}).get("emit")
+    if earlier is not None:  # instrumented for another provider already: time around it
+        return earlier  # type: ignore[no-any-return]
+    method = type(sink).emit
+    held = weakref.ref(sink)
+
+    def emit(event: Any) -> None:
+        method(held(), event)
+
+    return emit

@@ -7,9 +7,11 @@ which need publishes held open (a gated fake publisher).
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -384,6 +386,19 @@ def test_durations_counted_in_place_give_the_sdks_own_histogram(values: list[flo
     assert (got.count, got.min, got.max) == (want.count, want.min, want.max)
     assert got.sum == pytest.approx(want.sum, rel=1e-9, abs=1e-12)
     assert got.attributes == labels
+
+
+def test_instrumenting_keeps_no_sink_alive(stream: StagedStream, metrics: Metrics) -> None:
+    sink = JetStreamEventSink.connect(stream.url, TEMPLATE)
+    instrument(sink, metrics.provider)
+    sink.emit(event(1))
+    dropped = weakref.ref(sink)
+    del sink
+    gc.collect()
+    assert dropped() is None
+    metrics.collect()
+    assert "messaging.client.sent.messages" not in metrics.points  # its series are gone
+    assert metrics.durations() == 1  # what it recorded stays
 
 
 def test_instrument_needs_a_sink_with_stats(metrics: Metrics) -> None:
