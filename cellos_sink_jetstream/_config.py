@@ -8,6 +8,7 @@ its secret.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -194,19 +195,38 @@ def _normalise_server(server: str) -> str:
 
 
 def secrets_in(servers: Sequence[str]) -> tuple[str, ...]:
-    """Return the user names, passwords and tokens embedded in ``servers``."""
+    """Return the credentials embedded in ``servers``, to redact from foreign text.
+
+    Each ``user:password`` or token, and each password on its own; a user name alone is
+    not a secret, and is often too short to look for in text.
+    """
     found: list[str] = []
     for server in servers:
         try:
             parts = urlsplit(server)
         except ValueError:
             continue
-        found.extend(s for s in (parts.username, parts.password) if s)
-    return tuple(found)
+        userinfo, at, _host = parts.netloc.rpartition("@")
+        if at and userinfo:
+            found.append(userinfo)
+        if parts.password:
+            found.append(parts.password)
+    # Longest first: a whole "user:password" goes before the password inside it.
+    return tuple(sorted(set(found), key=len, reverse=True))
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
-    """Replace every secret in ``text`` with ``***`` (defence in depth for foreign text)."""
+    """Redact credentials in foreign text (a nats-py or OS error), defence in depth.
+
+    The credential field of every URL in ``text`` becomes ``***`` (whoever's it is), and
+    each of ``secrets`` (from :func:`secrets_in`) where it stands on its own, not inside
+    a longer word: a user called ``u`` must not turn "secure" into "sec***re".
+    """
+    text = _URL_USERINFO_RE.sub(r"\1***@", text)
     for secret in secrets:
-        text = text.replace(secret, "***")
+        text = re.sub(f"(?<![0-9A-Za-z]){re.escape(secret)}(?![0-9A-Za-z])", "***", text)
     return text
+
+
+# scheme://userinfo@ : the userinfo runs up to the "@", without spaces, quotes or "/".
+_URL_USERINFO_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/@'\"]+@")
