@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import os
@@ -722,6 +723,30 @@ class CloudEventV1:
         event = object.__new__(cls)
         event.__dict__.update(fields)
         event.__post_init__()
+        return event
+
+    def _with_extensions(self, added: Mapping[str, ExtensionValue]) -> CloudEventV1:
+        """A copy with the extensions ``added`` (new names, or new values of old ones).
+
+        Equal to ``dataclasses.replace(self, extensions={**self.extensions, **added})``, but
+        only ``added`` is validated: the rest of the event was when it was built. The
+        sink's trace context uses it for every event emitted inside a span.
+        """
+        checked = _check_extensions(added)
+        if type(self) is not CloudEventV1 or not checked:
+            return dataclasses.replace(self, extensions={**self.extensions, **checked})
+        event = object.__new__(CloudEventV1)
+        event.__dict__.update(self.__dict__)
+        merged = {**self.extensions, **checked}
+        event.__dict__["extensions"] = _ReadOnlyExtensions(merged)
+        # Extensions go before data in the structured object, as __post_init__ orders it.
+        structured = dict(self._structured)
+        payload: dict[str, Any] = {
+            key: structured.pop(key) for key in ("data", "data_base64") if key in structured
+        }
+        structured.update(checked)
+        structured.update(payload)
+        event.__dict__["_structured"] = structured
         return event
 
     def to_json(self) -> bytes:

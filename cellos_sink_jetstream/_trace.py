@@ -11,10 +11,9 @@ holds no stamper at all and pays one ``is None`` test per event.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Optional
 
-from ._event import CloudEventV1
+from ._event import CloudEventV1, ExtensionValue
 
 __all__ = ["TRACEPARENT", "TRACESTATE", "TraceStamper", "trace_stamper"]
 
@@ -43,7 +42,7 @@ def trace_stamper() -> Optional[TraceStamper]:
         # An event that brought its own trace context keeps it, whole.
         if TRACEPARENT in extensions or TRACESTATE in extensions:
             return event
-        added = dict(extensions)
+        added: dict[str, ExtensionValue] = {}
         # The W3C Trace Context header, as OpenTelemetry's own propagator writes it.
         added[TRACEPARENT] = (
             f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
@@ -51,6 +50,6 @@ def trace_stamper() -> Optional[TraceStamper]:
         tracestate = context.trace_state.to_header()
         if tracestate:
             added[TRACESTATE] = tracestate
-        return dataclasses.replace(event, extensions=added)
+        return event._with_extensions(added)
 
     return stamp

@@ -58,6 +58,15 @@ def test_decoding_accepts_lower_case_needless_escapes_and_quoted_strings() -> No
     assert percent_encode("") == '""'
 
 
+def test_line_breaks_and_colons_cannot_start_a_header_of_their_own() -> None:
+    # The event model already refuses control characters in attributes; the encoding
+    # would neutralise them anyway.
+    assert percent_encode("a\r\nInjected: 1") == "a%0D%0AInjected:%201"
+    assert percent_encode("\x00\x7f\u0085") == "%00%7F%C2%85"
+    with pytest.raises(InvalidEventError):
+        CloudEventV1(id="x", source="/s", type="t", extensions={"note": "a\r\nX: 1"})
+
+
 def test_decoding_refuses_invalid_utf8_overlong_forms_included() -> None:
     with pytest.raises(ValueError):
         percent_decode("%C0%A0")

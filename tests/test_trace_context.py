@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-from cellos_sink_jetstream import CloudEventV1, ConfigError, JetStreamEventSink
+from cellos_sink_jetstream import CloudEventV1, ConfigError, InvalidEventError, JetStreamEventSink
 from cellos_sink_jetstream._trace import trace_stamper
 from tests._nats import read_stream
 from tests.conftest import StagedStream
 from tests.fakes import InstantPublisher
+from tests.test_event import events, extension_names, extension_values
 
 TRACER = TracerProvider().get_tracer("cellos-sink-jetstream-tests")
 
@@ -134,3 +138,20 @@ def test_without_opentelemetry_events_are_sent_unchanged() -> None:
     with JetStreamEventSink.from_publisher(publisher, "cellos.events.x") as sink:
         sink.emit(event(1))
     assert json.loads(publisher.received[0][1]) == event(1).to_dict()
+
+
+@given(events(), st.dictionaries(extension_names, extension_values, max_size=3))
+def test_adding_extensions_equals_building_the_event_again(
+    event: CloudEventV1, added: dict[str, Any]
+) -> None:
+    rebuilt = dataclasses.replace(event, extensions={**event.extensions, **added})
+    fast = event._with_extensions(added)
+    assert fast == rebuilt
+    assert fast.to_json() == rebuilt.to_json()
+    assert dict(fast.extensions) == dict(rebuilt.extensions)
+    assert CloudEventV1.from_json(fast.to_json()) == CloudEventV1.from_json(rebuilt.to_json())
+
+
+def test_added_extensions_are_validated() -> None:
+    with pytest.raises(InvalidEventError, match="traceparent"):
+        event(1)._with_extensions({"traceparent": "00-\r\n"})
