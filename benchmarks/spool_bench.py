@@ -229,18 +229,6 @@ def nowait_plain(url: str, count: int, *, built: bool) -> float:
 # -- latency ----------------------------------------------------------------------------
 
 
-def emit_p50(sink: Any, count: int) -> float:
-    events = [make_event(n) for n in range(count + 50)]
-    for event in events[:50]:  # warm-up
-        sink.emit(event)
-    times = []
-    for event in events[50:]:
-        started = time.perf_counter()
-        sink.emit(event)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e6
-
-
 # -- the run ----------------------------------------------------------------------------
 
 
@@ -335,19 +323,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def latency_pair(url: str, root: Path, count: int) -> dict[str, float]:
-    # Both sinks connected at once, measured back to back in alternating order.
+    """p50 of emit() on the plain sink and through the wrapper, alternating event by event
+    (plain, wrapper, plain, ...) so that both see the same machine noise."""
     plain = JetStreamEventSink.connect(url, SUBJECT)
     wrapped_inner = JetStreamEventSink.connect(url, SUBJECT)
     wrapper = SpoolingEventSink(wrapped_inner, Path(tempfile.mkdtemp(dir=root)))
+    events = [make_event(n) for n in range(2 * count + 100)]
+    plain_times: list[float] = []
+    wrapper_times: list[float] = []
     try:
-        first = emit_p50(plain, count)
-        wrapped = emit_p50(wrapper, count)
-        second = emit_p50(plain, count)
+        for event in events[:100]:  # warm-up
+            plain.emit(event)
+            wrapper.emit(event)
+        for n in range(count):
+            for sink, times in ((plain, plain_times), (wrapper, wrapper_times)):
+                event = events[100 + 2 * n + (sink is wrapper)]
+                started = time.perf_counter()
+                sink.emit(event)
+                times.append(time.perf_counter() - started)
         assert wrapper.stats().spooled == 0, "the server was up: nothing should be spooled"
     finally:
         wrapper.close()
         plain.close()
-    return {"plain_p50_us": (first + second) / 2, "wrapper_p50_us": wrapped}
+    return {
+        "plain_p50_us": statistics.median(plain_times) * 1e6,
+        "wrapper_p50_us": statistics.median(wrapper_times) * 1e6,
+    }
 
 
 def fmt(s: dict[str, float], unit: str = "", digits: int = 0) -> str:

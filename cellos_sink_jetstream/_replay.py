@@ -179,23 +179,29 @@ class Replayer:
         self, row: SpooledEvent, in_flight: deque[tuple[SpooledEvent, Any]]
     ) -> Optional[float]:
         """Hand one row to the inner sink; returns a wait when sending must pause."""
+        inner: Any = self._inner
+        outcome: Any = None
         try:
-            event = CloudEventV1.from_json(row.payload)
-        except InvalidEventError as exc:  # written by a version with other rules
-            self._dead_letter(row, exc)
-            return None
-        try:
-            if not self._pipelined:
-                # One at a time (the window is 1): its outcome is settled before the next.
+            if self._pipelined:
+                # The stored JSON as it is, without parsing and validating it again
+                # (None: this sink needs the event itself, in binary content mode say).
+                outcome = inner._emit_encoded_nowait(row.event_id, row.payload, row.tenant)
+            if outcome is None:
                 try:
-                    self._inner.emit(event)
-                except Exception as exc:
-                    in_flight.append((row, _Settled(None, exc)))
+                    event = CloudEventV1.from_json(row.payload)
+                except InvalidEventError as exc:  # written by a version with other rules
+                    self._dead_letter(row, exc)
+                    return None
+                if not self._pipelined:
+                    # One at a time (the window is 1): settled before the next is sent.
+                    try:
+                        inner.emit(event)
+                    except Exception as exc:
+                        outcome = _Settled(None, exc)
+                    else:
+                        outcome = _Settled(None, None)
                 else:
-                    in_flight.append((row, _Settled(None, None)))
-                return None
-            inner: Any = self._inner
-            outcome: Any = inner.emit_nowait(event)
+                    outcome = inner.emit_nowait(event)
         except CircuitOpenError as exc:
             return self._open_circuit_wait(exc)
         except BackpressureError:

@@ -52,7 +52,12 @@ from ._publisher import (
     Publisher,
 )
 from ._runner import BlockingRequest, FutureRequest, LoopRunner, PublishRequest
-from ._subject import TENANT_ID_PLACEHOLDER, resolve_tenant_subject, validate_subject_template
+from ._subject import (
+    TENANT_ID_PLACEHOLDER,
+    resolve_tenant_subject,
+    subject_for_tenant,
+    validate_subject_template,
+)
 from ._timeouts import check_optional_timeout, check_timeout
 from ._trace import trace_stamper
 
@@ -467,8 +472,35 @@ class JetStreamEventSink:
         _refuse_reentrant_call(runner, "flush()")
         return runner.wait_settled(timeout)
 
+    def _emit_encoded_nowait(
+        self, event_id: str, payload: bytes, tenant: Optional[str]
+    ) -> Optional[concurrent.futures.Future[PubAck]]:
+        """``emit_nowait`` of an event this library serialised before (the spool's replay).
+
+        Sends ``payload`` as it is, without parsing and validating it again. Returns
+        ``None`` when this sink cannot (binary content mode, or no tenant id recorded
+        while the subject template needs one): then emit the event itself.
+        """
+        if self._binary is not None or (tenant is None and not self._subject_is_fixed):
+            return None
+        template = self._settings.subject
+        subject = template if tenant is None else subject_for_tenant(template, tenant)
+        now = time.monotonic()
+        timeout = self._settings.publish_timeout
+        request = self._submit(
+            _Encoded(subject, payload, event_id),
+            FutureRequest,
+            now + timeout,
+            room_deadline=now + timeout,
+        )
+        return request.future
+
     def _submit(
-        self, event: EventLike, kind: type[_Request], deadline: float, room_deadline: float
+        self,
+        event: Union[EventLike, _Encoded],
+        kind: type[_Request],
+        deadline: float,
+        room_deadline: float,
     ) -> _Request:
         if self._closed:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
@@ -487,7 +519,12 @@ class JetStreamEventSink:
         try:
             runner = self._current_runner()
             _refuse_reentrant_call(runner, "emit()")
-            subject, payload, headers = self._prepare(event, runner)
+            if isinstance(event, _Encoded):
+                subject, payload = event.subject, event.payload
+                headers = self._headers.fill(event.event_id)
+                self._check_size(payload, headers, runner)
+            else:
+                subject, payload, headers = self._prepare(event, runner)
         except BaseException:
             breaker.release(permit)
             raise
@@ -520,12 +557,16 @@ class JetStreamEventSink:
             headers = self._headers.fill(event.id)
         else:
             payload, headers = self._binary.encode(event)
+        self._check_size(payload, headers, runner)
+        return subject, payload, headers
+
+    @staticmethod
+    def _check_size(payload: bytes, headers: EncodedHeaders, runner: LoopRunner) -> None:
         limit = getattr(runner.publisher, "max_payload", None)
         if limit is not None:
             size = len(payload) + len(headers.wire)
             if size > limit:
                 raise PayloadTooLargeError(size, limit)
-        return subject, payload, headers
 
     def _on_outcome(
         self, request: PublishRequest, ack: Optional[PubAck], error: Optional[BaseException]
@@ -896,6 +937,18 @@ def _root_ca_context(ca_path: str, origin: str) -> ssl.SSLContext:
 
 
 _THREAD_NAME = "cellos-sink-jetstream"
+
+
+class _Encoded:
+    """An event serialised before (by the spool): what ``_submit`` sends as it is."""
+
+    __slots__ = ("event_id", "payload", "subject")
+
+    def __init__(self, subject: str, payload: bytes, event_id: str) -> None:
+        self.subject = subject
+        self.payload = payload
+        self.event_id = event_id
+
 
 _LIVE_SINKS: weakref.WeakSet[JetStreamEventSink] = weakref.WeakSet()
 # Kept alive after a fork so the child never runs their finalizers against a loop and

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Union
 from typing_extensions import Self
 
 from ._breaker import BreakerState
-from ._errors import ConfigError, SinkClosedError
+from ._errors import ConfigError, InvalidSubjectError, SinkClosedError
 from ._event import CloudEventV1, coerce_event
 from ._replay import (
     CALLER_ERRORS,
@@ -32,7 +32,7 @@ from ._replay import (
 )
 from ._sink import EventLike, EventSink, JetStreamEventSink, SinkStats
 from ._spool_store import DeadLetter, SpoolStore
-from ._subject import TENANT_ID_PLACEHOLDER, resolve_tenant_subject
+from ._subject import TENANT_ID_PLACEHOLDER, resolve_tenant_id
 
 __all__ = ["DEFAULT_SPOOL_MAX_BYTES", "DeadLetter", "SpoolStats", "SpoolingEventSink"]
 
@@ -168,14 +168,20 @@ class SpoolingEventSink:
         self._spool(event, None)
 
     def _spool(self, event: CloudEventV1, reason: Optional[BaseException]) -> None:
+        if self._jetstream is not None and self._jetstream._stamp_trace is not None:
+            # The caller's span, as the direct path would have sent it: replay runs on
+            # another thread, outside that span.
+            event = self._jetstream._stamp_trace(event)
         payload = event.to_json()
-        if self._jetstream is not None:
-            # The subject is resolved only at replay: refuse an unsafe tenant id now, while
-            # the caller can still hear about it.
-            subject = self._jetstream.subject
-            if TENANT_ID_PLACEHOLDER in subject:
-                resolve_tenant_subject(subject, event)
-        self._store.append(event.id, payload, self._now())
+        try:
+            tenant: Optional[str] = resolve_tenant_id(event)
+        except InvalidSubjectError:
+            if self._jetstream is not None and TENANT_ID_PLACEHOLDER in self._jetstream.subject:
+                # The subject is resolved only at replay: refuse an unsafe tenant id now,
+                # while the caller can still hear about it.
+                raise
+            tenant = None  # a template without {tenantId} does not need it
+        self._store.append(event.id, payload, self._now(), tenant)
         with self._cond:
             self._spooled += 1
             self._new_work = True

@@ -46,8 +46,9 @@ __all__ = [
 
 logger = logging.getLogger("cellos_sink_jetstream")
 
-#: The schema this version writes and reads; a newer one is refused.
-SCHEMA_VERSION = 1
+#: The schema this version writes and reads; a newer one is refused. Version 2 added
+#: ``spool.tenant``; a version 1 file is upgraded in place when opened.
+SCHEMA_VERSION = 2
 DB_FILE_NAME = "spool.sqlite3"
 LOCK_FILE_NAME = "spool.lock"
 
@@ -56,7 +57,8 @@ CREATE TABLE IF NOT EXISTS spool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL,
     payload BLOB NOT NULL,
-    spooled_at REAL NOT NULL
+    spooled_at REAL NOT NULL,
+    tenant TEXT
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,12 +80,15 @@ class SpooledEvent:
         event_id: The event's ``id`` (sent as ``Nats-Msg-Id``).
         payload: The event as CloudEvents JSON.
         spooled_at: Wall-clock time (``time.time()``) when it was spooled.
+        tenant: The event's tenant id, resolved when it was spooled (``None``: not known),
+            so that replay need not parse the event to find its subject.
     """
 
     seq: int
     event_id: str
     payload: bytes
     spooled_at: float
+    tenant: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class _Batch:
     __slots__ = ("done", "error", "rows")
 
     def __init__(self) -> None:
-        self.rows: list[tuple[str, bytes, float]] = []
+        self.rows: list[tuple[str, bytes, float, Optional[str]]] = []
         self.done = False
         self.error: Optional[BaseException] = None
 
@@ -158,7 +163,9 @@ class SpoolStore:
 
     # -- appending -------------------------------------------------------------------
 
-    def append(self, event_id: str, payload: bytes, spooled_at: float) -> None:
+    def append(
+        self, event_id: str, payload: bytes, spooled_at: float, tenant: Optional[str] = None
+    ) -> None:
         """Store one event durably; returns once its commit is on disk.
 
         Raises :class:`SpoolFullError` over ``max_bytes`` and :class:`SpoolError` when
@@ -168,7 +175,7 @@ class SpoolStore:
             if self._closed:
                 raise SpoolError(f"the spool at {self.directory} is closed")
             batch = self._pending
-            batch.rows.append((event_id, payload, spooled_at))
+            batch.rows.append((event_id, payload, spooled_at, tenant))
             while self._committing and not batch.done:
                 self._commit_cond.wait()
             if not batch.done:
@@ -190,14 +197,15 @@ class SpoolStore:
 
     def _commit(self, batch: _Batch) -> None:
         with self._db_lock:
-            size = self._used_bytes() + sum(len(p) + len(i) for i, p, _ in batch.rows)
+            size = self._used_bytes() + sum(len(row[1]) + len(row[0]) for row in batch.rows)
             if size > self.max_bytes:
                 raise SpoolFullError(size, self.max_bytes)
             started = time.perf_counter()
             try:
                 with _transaction(self._db):
                     self._db.executemany(
-                        "INSERT INTO spool (event_id, payload, spooled_at) VALUES (?, ?, ?)",
+                        "INSERT INTO spool (event_id, payload, spooled_at, tenant) "
+                        "VALUES (?, ?, ?, ?)",
                         batch.rows,
                     )
             except sqlite3.Error as exc:
@@ -243,11 +251,11 @@ class SpoolStore:
         """Up to ``limit`` spooled events with ``seq > after``, oldest first."""
         with self._db_lock:
             rows = self._read(
-                "SELECT seq, event_id, payload, spooled_at FROM spool WHERE seq > ? "
+                "SELECT seq, event_id, payload, spooled_at, tenant FROM spool WHERE seq > ? "
                 "ORDER BY seq LIMIT ?",
                 (after, limit),
             )
-        return [SpooledEvent(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
+        return [SpooledEvent(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
 
     def delete(self, seqs: Sequence[int]) -> None:
         """Remove acknowledged events from the spool (one transaction).
@@ -521,6 +529,8 @@ def _open_database(path: str) -> sqlite3.Connection:
         db.execute("PRAGMA journal_size_limit=67108864")
         if version < SCHEMA_VERSION:
             db.execute("BEGIN IMMEDIATE")
+            if version == 1:
+                db.execute("ALTER TABLE spool ADD COLUMN tenant TEXT")
             for statement in _statements():
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

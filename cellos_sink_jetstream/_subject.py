@@ -106,6 +106,15 @@ class SubjectTemplate:
             return parts[0] + tenant + parts[1]
         return tenant.join(parts)
 
+    def for_tenant(self, tenant: str) -> str:
+        """The subject for a tenant id already resolved (and so already valid)."""
+        parts = self._parts
+        if parts is None:
+            return self._template
+        if len(parts) == 2:
+            return parts[0] + tenant + parts[1]
+        return tenant.join(parts)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, SubjectTemplate):
             return self._template == other._template
@@ -266,3 +275,8 @@ def resolve_tenant_subject(template: str, event: CloudEventV1) -> str:
     (cached). A template without ``{tenantId}`` is returned as is.
     """
     return _compile_cached(template).resolve(event)
+
+
+def subject_for_tenant(template: str, tenant: str) -> str:
+    """The subject under ``template`` for ``tenant``, an id :func:`resolve_tenant_id` gave."""
+    return _compile_cached(template).for_tenant(tenant)

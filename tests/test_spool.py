@@ -335,3 +335,37 @@ def kill_9(child: subprocess.Popen[str]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(child.pid, signal.SIGKILL)
     child.wait(10)
+
+
+# -- the duplicate window ---------------------------------------------------------------
+
+
+def test_the_inner_sink_reads_the_streams_duplicate_window(stream: StagedStream) -> None:
+    with connect(stream.url, stream=STREAM_NAME) as inner:
+        assert inner.duplicate_window() == 120.0
+        assert inner.duplicate_window(STREAM_NAME) == 120.0
+        assert inner.duplicate_window("NO_SUCH_STREAM") is None
+
+
+def test_events_replayed_after_the_duplicate_window_are_counted_with_one_warning(
+    nats_server_factory: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = nats_server_factory()
+    stage_stream(server.url, STREAM_NAME, ["cellos.events.>"], duplicate_window=5)
+    now = [1_800_000_000.0]
+    inner = connect(server.url)
+    with SpoolingEventSink(inner, tmp_path, clock=lambda: now[0]) as sink:
+        server.kill()
+        for n in range(3):
+            sink.emit(make_event(f"old-{n}"))
+        now[0] += 60  # a minute later: past the 5 s window
+        sink.emit(make_event("young"))
+        with caplog.at_level(logging.WARNING, logger="cellos_sink_jetstream"):
+            server.start()
+            assert sink.drain(30.0)
+        stats = sink.stats()
+        assert stats.replayed == 4
+        assert stats.replayed_late == 3
+    late = [r for r in caplog.records if "duplicate window" in r.getMessage()]
+    assert len(late) == 1
+    assert stored_ids(server.url) == ["old-0", "old-1", "old-2", "young"]

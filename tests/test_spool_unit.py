@@ -581,3 +581,89 @@ def test_pubacks_are_not_needed_from_a_plain_inner_sink(tmp_path: Path, clock: W
     finally:
         sink.close()
     assert PubAck("S", 1).seq == 1
+
+
+def test_a_spooled_event_keeps_the_callers_trace_context(tmp_path: Path, clock: WallClock) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("spool-tests")
+    publisher = InstantPublisher()
+    js = JetStreamEventSink.from_publisher(publisher, "cellos.events.x")
+    js._breaker.open_for_connect()  # NATS "down": the event is spooled
+    sink = SpoolingEventSink(js, tmp_path, clock=clock)
+    try:
+        with tracer.start_as_current_span("supervisor") as span:
+            sink.emit(make_event(1))
+            trace_id = f"{span.get_span_context().trace_id:032x}"
+        stored = sink._store.oldest(1)[0]
+        assert trace_id in CloudEventV1.from_json(stored.payload).extensions["traceparent"]
+    finally:
+        sink.close()
+
+
+def test_replay_sends_the_stored_json_to_each_tenants_subject(
+    tmp_path: Path, clock: WallClock
+) -> None:
+    store = SpoolStore(str(tmp_path), 1 << 22)
+    for n, tenant in enumerate(["acme", "globex"]):
+        event = make_event(n, tenant=tenant)
+        store.append(event.id, event.to_json(), clock(), tenant)
+    legacy = make_event(2, tenant="initech")  # a row spooled without its tenant
+    store.append(legacy.id, legacy.to_json(), clock())
+    publisher = InstantPublisher()
+    js = JetStreamEventSink.from_publisher(publisher, "cellos.events.{tenantId}.audit")
+    try:
+        assert Replayer(store, js, now=clock).run_once() is None
+        assert [(subject, payload) for subject, payload, _h in publisher.received] == [
+            ("cellos.events.acme.audit", make_event(0, tenant="acme").to_json()),
+            ("cellos.events.globex.audit", make_event(1, tenant="globex").to_json()),
+            ("cellos.events.initech.audit", legacy.to_json()),
+        ]
+    finally:
+        js.close()
+        store.close()
+
+
+def test_replay_into_a_binary_mode_sink_sends_the_event_as_that_sink_encodes_it(
+    tmp_path: Path, clock: WallClock
+) -> None:
+    store = SpoolStore(str(tmp_path), 1 << 22)
+    fill(store, clock, 2)
+    publisher = InstantPublisher()
+    js = JetStreamEventSink.from_publisher(publisher, "cellos.events.x", content_mode="binary")
+    try:
+        assert Replayer(store, js, now=clock).run_once() is None
+        assert [h["ce-id"] for _s, _p, h in publisher.received] == ["evt-0", "evt-1"]
+        assert publisher.received[0][1] == b'{"n":0}'
+    finally:
+        js.close()
+        store.close()
+
+
+def test_a_version_1_spool_is_upgraded_and_its_events_replayed(
+    tmp_path: Path, clock: WallClock
+) -> None:
+    db = sqlite3.connect(tmp_path / DB_FILE_NAME)
+    db.executescript(
+        "CREATE TABLE spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,"
+        " payload BLOB NOT NULL, spooled_at REAL NOT NULL);"
+        "CREATE TABLE dead_letter (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT"
+        " NULL, payload BLOB NOT NULL, spooled_at REAL NOT NULL, failed_at REAL NOT NULL,"
+        " error TEXT NOT NULL); PRAGMA user_version=1;"
+    )
+    db.execute(
+        "INSERT INTO spool (event_id, payload, spooled_at) VALUES (?, ?, ?)",
+        ("evt-7", make_event(7, tenant="acme").to_json(), clock()),
+    )
+    db.commit()
+    db.close()
+    inner = ScriptedSink()
+    sink = SpoolingEventSink(inner, tmp_path, clock=clock)
+    try:
+        assert sink.drain(10.0)
+        assert inner.received == ["evt-7"]
+    finally:
+        sink.close()
+    db = sqlite3.connect(tmp_path / DB_FILE_NAME)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
