@@ -18,7 +18,9 @@ Every error the library raises derives from :class:`SinkError`::
     │   ├── CircuitOpenError               fail-fast: the circuit is open (`cause`, `retry_after`)
     │   ├── PublishTimeoutError(TimeoutError)  no ack in time: the event MAY still be stored
     │   ├── NoStreamError                  no JetStream stream captures the subject
-    │   └── StreamMismatchError            the ack came from another stream than configured
+    │   └── MessageRejectedError           JetStream refused this message (4xx: `code`,
+    │       │                              `err_code`, `description`); never moves the breaker
+    │       └── StreamMismatchError        the stream is not the configured one
     ├── NatsServerError(RuntimeError)      CLI only: the local nats-server of `dev-server`
     │                                      or `demo` did not start or become ready
     └── CliError                           CLI only: a command failed (``exit_code``;
@@ -50,6 +52,7 @@ __all__ = [
     "FailureCause",
     "InvalidEventError",
     "InvalidSubjectError",
+    "MessageRejectedError",
     "NatsServerError",
     "NoStreamError",
     "PayloadTooLargeError",
@@ -296,8 +299,49 @@ class NoStreamError(PublishError):
     _cause = FailureCause.NO_STREAM
 
 
-class StreamMismatchError(PublishError):
-    """The acknowledgement came from a different stream than the one configured."""
+class MessageRejectedError(PublishError):
+    """JetStream refused this very message (a 4xx API error): it was not stored.
+
+    Too large for the stream's ``max_msg_size``, a header the stream rejects (a wrong
+    expected stream, say), or any other 4xx answer about the message. It concerns this
+    event only: it is not retried (the same message gets the same answer), and it never
+    moves the breaker, since JetStream answered. Fix the event or the stream, or hand the
+    event to a dead-letter store.
+
+    Args:
+        message: What happened and what to do; it names the server's code and description.
+        code: The HTTP-like status JetStream answered (``400``), when there was one.
+        err_code: JetStream's own error number (``10054``: message too large), if any.
+        description: JetStream's description of the problem.
+    """
+
+    permanent = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: Optional[int] = None,
+        err_code: Optional[int] = None,
+        description: str = "",
+    ) -> None:
+        super().__init__(message)
+        #: The status JetStream answered (``400``), or ``None`` when it gave none.
+        self.code = code
+        #: JetStream's error number (``10054``, ``10060``, ...), or ``None``.
+        self.err_code = err_code
+        #: JetStream's description of the problem (at most 200 characters).
+        self.description = description
+
+
+class StreamMismatchError(MessageRejectedError):
+    """The stream that captures the subject is not the configured one.
+
+    JetStream refused the message for its ``Nats-Expected-Stream`` header (``err_code``
+    10060), or an acknowledgement named another stream (``code`` is then ``None``: no
+    refusal, but not the stream asked for). Like every :class:`MessageRejectedError` it
+    never moves the breaker: NATS answered; the configuration is at fault.
+    """
 
 
 class NatsServerError(SinkError, RuntimeError):

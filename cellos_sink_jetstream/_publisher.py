@@ -26,6 +26,7 @@ from ._config import scrub, secrets_in
 from ._errors import (
     ConnectError,
     FailureCause,
+    MessageRejectedError,
     NoStreamError,
     PayloadTooLargeError,
     PublishError,
@@ -667,26 +668,41 @@ class NatsPublisher:
         if self._expected_stream is not None and stream != self._expected_stream:
             raise StreamMismatchError(
                 f"publish on {subject!r} was acknowledged by stream {stream!r}, not the "
-                f"configured {self._expected_stream!r}; check the stream subjects"
+                f"configured {self._expected_stream!r}; check the stream subjects",
+                description=f"acknowledged by stream {stream[:100]!r}",
             )
         return PubAck(stream, seq, bool(body.get("duplicate", False)))
 
     def _raise_api_error(self, subject: str, error: Any) -> PubAck:
+        # What JetStream says about this message (a 4xx) goes to its caller alone; anything
+        # else (503: no leader, storage failing) says JetStream cannot store right now.
         details = error if isinstance(error, dict) else {}
         description = str(details.get("description", "unknown error"))[:200]
-        if details.get("err_code") == _ERR_STREAM_MISMATCH:
-            raise StreamMismatchError(
-                f"JetStream refused the publish on {subject!r}: {description}; the subject is "
-                f"captured by another stream than the configured {self._expected_stream!r}"
-            )
-        error = PublishError(
+        code, err_code = _int_or_none(details.get("code")), _int_or_none(details.get("err_code"))
+        refused = (
             f"JetStream refused the publish on {subject!r}: {description} "
-            f"(code {details.get('code')}, err_code {details.get('err_code')})"
+            f"(code {code}, err_code {err_code})"
         )
-        # A 4xx says this message is at fault (too large for the stream, say), not NATS.
-        code = details.get("code")
-        error.permanent = isinstance(code, int) and 400 <= code < 500
-        raise error
+        if err_code == _ERR_STREAM_MISMATCH:
+            raise StreamMismatchError(
+                f"{refused}; the subject is captured by another stream than the configured "
+                f"{self._expected_stream!r}: fix the stream option or the stream's subjects",
+                code=code,
+                err_code=err_code,
+                description=description,
+            )
+        if code is not None and 400 <= code < 500:
+            raise MessageRejectedError(
+                f"{refused}; the event was not stored, and sending it again gets the same "
+                f"answer: fix the event (or the stream's limits), or dead-letter it",
+                code=code,
+                err_code=err_code,
+                description=description,
+            )
+        raise PublishError(
+            f"{refused}; the event was not stored, re-emit it later",
+            cause=FailureCause.JETSTREAM_UNAVAILABLE,
+        )
 
     def _abandon_in_flight(self) -> None:
         # The connection dropped: these acks will never arrive, but the server may have
@@ -738,6 +754,10 @@ def _is_permission_denial(exc: Exception, subject: str) -> bool:
     # nats: permissions violation for publish to "$js.api.info"
     text = str(exc)
     return "permissions violation for publish" in text and f'"{subject.lower()}"' in text
+
+
+def _int_or_none(value: object) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _api_error(data: bytes) -> Optional[dict[str, Any]]:

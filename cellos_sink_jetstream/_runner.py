@@ -28,7 +28,6 @@ from ._errors import (
     PublishTimeoutError,
     SinkClosedError,
     SinkError,
-    StreamMismatchError,
 )
 from ._lean_future import make_future
 from ._publisher import PubAck, Publisher
@@ -839,10 +838,11 @@ def _as_sink_error(error: BaseException) -> BaseException:
 def _is_transient(exc: BaseException) -> bool:
     # Fast failures worth another quick try: the connection blipped, or JetStream was not
     # ready yet after a restart. Never retried: an unknown outcome (the first attempt may
-    # have been stored), the caller's own errors, and a stream mismatch, which retrying
-    # cannot fix.
+    # have been stored), the caller's own errors, and JetStream's refusals of the message
+    # itself (MessageRejectedError and any other permanent one, StreamMismatchError
+    # included), which get the same answer every time.
     return (
         isinstance(exc, PublishError)
         and not exc.permanent
-        and not isinstance(exc, (PublishTimeoutError, StreamMismatchError))
+        and not isinstance(exc, PublishTimeoutError)
     )

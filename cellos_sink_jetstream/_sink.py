@@ -32,6 +32,7 @@ from ._errors import (
     CircuitOpenError,
     ConfigError,
     FailureCause,
+    MessageRejectedError,
     PayloadTooLargeError,
     PublishError,
     PublishTimeoutError,
@@ -577,6 +578,11 @@ class JetStreamEventSink:
             self._published += 1
             if ack.duplicate:
                 self._duplicates += 1
+            self._breaker.record_success(permit)
+        elif isinstance(error, MessageRejectedError):
+            # JetStream refused this message only. Its answer proves NATS is up: as a probe's
+            # outcome it closes the circuit; otherwise it moves nothing.
+            self._count_failure(error)
             self._breaker.record_success(permit)
         elif isinstance(error, PublishError) and not error.permanent and not self._closed:
             self._count_failure(error)
