@@ -88,11 +88,14 @@ async def retry_async(
     retry_if: Callable[[BaseException], bool],
     base_delay: float = DEFAULT_RETRY_BASE_DELAY,
     first_delay: bool = False,
+    deadline: float = math.inf,
 ) -> T:
     """The coroutine counterpart of :func:`with_retry`, used inside the sink's loop.
 
     Retries while ``retry_if(error)`` is true, with the same backoff (at most 1 s). ``first_delay``
     waits ``base_delay`` before the first attempt too: the caller already failed once.
+    No retry starts after ``deadline`` (on ``time.monotonic()``): the last error is raised
+    instead, however many attempts were allowed.
     """
     _check_attempts(max_attempts)
     if first_delay:
@@ -103,5 +106,8 @@ async def retry_async(
         except Exception as exc:
             if not retry_if(exc):
                 raise
-            await asyncio.sleep(backoff_delay(attempt, base_delay, _BACKOFF_CAP))
+            delay = backoff_delay(attempt, base_delay, _BACKOFF_CAP)
+            if time.monotonic() + delay >= deadline:
+                raise
+            await asyncio.sleep(delay)
     return await f()

@@ -587,8 +587,14 @@ class LoopRunner:
             return send_now(request.subject, request.payload, request.headers, request)
 
         try:
+            # Bounded by the event's deadline: while these retries run, everything queued
+            # behind waits (order), and the breaker hears nothing.
             token = await retry_async(
-                self._retry_attempts - 1, send, retry_if=_is_transient, first_delay=True
+                self._retry_attempts - 1,
+                send,
+                retry_if=_is_transient,
+                first_delay=True,
+                deadline=request.deadline,
             )
         except asyncio.CancelledError:
             self._finish(request, error=SinkClosedError("the sink closed before sending"))

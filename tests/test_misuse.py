@@ -28,6 +28,7 @@ from cellos_sink_jetstream import (
     JetStreamEventSink,
     PublishError,
     PublishTimeoutError,
+    Reconnecting,
     SinkClosedError,
     SinkError,
 )
@@ -426,3 +427,26 @@ def test_a_sink_dropped_without_close_is_closed_after_garbage_collection(
     ]
     assert len(warnings) == count
     assert sum(i.startswith("dropped-pending-") for i in stored_ids(stream)) == count
+
+
+# -- 1. (sizes) no retry_attempts value holds the queue past a deadline ------------------
+
+
+def test_a_huge_retry_attempts_cannot_hold_the_queue_or_the_circuit(
+    stream: StagedStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writes that fail fast (connection down) are retried within the event's deadline
+    only: with ``retry_attempts=10**6`` the emit used to time out while the loop kept
+    retrying the write for days, holding every later event and never opening the
+    circuit. Now the emit gets its real "not sent" error and the circuit opens."""
+    caplog.set_level(logging.INFO, logger="cellos_sink_jetstream")
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("retries"), publish_timeout=1.0, retry_attempts=10**6
+    ) as sink:
+        sink.emit(event(0, "retries"))
+        stream.server.stop()
+        wait_until(lambda: _disconnected(caplog), 10, "the sink never saw the disconnect")
+        with pytest.raises(PublishError) as info:
+            sink.emit(event(1, "retries"))
+        assert not isinstance(info.value, PublishTimeoutError), info.value
+        assert isinstance(sink.state, Reconnecting)
