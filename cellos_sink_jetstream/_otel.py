@@ -380,7 +380,13 @@ def instrument(sink: Any, meter_provider: Any = None) -> None:
 
 
 def _time_emit(sink: Any, registry: _Registry, attributes: dict[str, str]) -> None:
-    emit = _emit_of(sink)
+    # The class's emit, called on a weak reference: a bound method kept in the sink's own
+    # attribute would make a reference cycle, so a dropped sink would wait for the cycle
+    # collector before it is closed (whoever calls sink.emit holds the sink anyway). A
+    # sink instrumented for another provider already is timed around that wrapper.
+    earlier: Optional[Callable[[Any], None]] = getattr(sink, "__dict__", {}).get("emit")
+    method = type(sink).emit
+    held = weakref.ref(sink)
     clock = time.perf_counter
     succeeded = registry.durations(attributes).add
     failed: dict[str, Callable[[float], None]] = {}
@@ -388,7 +394,10 @@ def _time_emit(sink: Any, registry: _Registry, attributes: dict[str, str]) -> No
     def timed_emit(event: Any) -> None:
         started = clock()
         try:
-            emit(event)
+            if earlier is None:
+                method(held(), event)
+            else:
+                earlier(event)
         except BaseException as exc:
             kind = error_type(exc)
             add = failed.get(kind)
@@ -401,22 +410,3 @@ def _time_emit(sink: Any, registry: _Registry, attributes: dict[str, str]) -> No
     timed_emit.__doc__ = sink.emit.__doc__
     # An instance attribute: the class, and every sink not instrumented, stay as they are.
     sink.emit = timed_emit
-
-
-def _emit_of(sink: Any) -> Callable[[Any], None]:
-    """``sink``'s emit, called without holding the sink.
-
-    A bound method kept in the sink's own attribute would make a reference cycle, so a
-    dropped sink would wait for the cycle collector before it is closed; this holds it
-    weakly (whoever calls ``sink.emit`` holds the sink anyway).
-    """
-    earlier = getattr(sink, "__dict__", {}).get("emit")
-    if earlier is not None:  # instrumented for another provider already: time around it
-        return earlier  # type: ignore[no-any-return]
-    method = type(sink).emit
-    held = weakref.ref(sink)
-
-    def emit(event: Any) -> None:
-        method(held(), event)
-
-    return emit

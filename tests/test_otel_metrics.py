@@ -388,6 +388,18 @@ def test_durations_counted_in_place_give_the_sdks_own_histogram(values: list[flo
     assert got.attributes == labels
 
 
+def test_one_sink_reports_to_two_providers(stream: StagedStream) -> None:
+    first, second = Metrics(), Metrics()
+    with JetStreamEventSink.connect(stream.url, TEMPLATE) as sink:
+        instrument(sink, first.provider)
+        instrument(sink, second.provider)
+        sink.emit(event(1))
+        sink.emit(event(2))
+    for metrics in (first.collect(), second.collect()):
+        assert metrics.ok_sent() == 2
+        assert metrics.durations() == 2
+
+
 def test_instrumenting_keeps_no_sink_alive(stream: StagedStream, metrics: Metrics) -> None:
     sink = JetStreamEventSink.connect(stream.url, TEMPLATE)
     instrument(sink, metrics.provider)

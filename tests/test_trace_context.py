@@ -155,3 +155,37 @@ def test_adding_extensions_equals_building_the_event_again(
 def test_added_extensions_are_validated() -> None:
     with pytest.raises(InvalidEventError, match="traceparent"):
         event(1)._with_extensions({"traceparent": "00-\r\n"})
+
+
+class DelegatingRuntime:
+    """A runtime context other than OpenTelemetry's default one (no ContextVar to read)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def attach(self, context: Any) -> Any:
+        return self._real.attach(context)
+
+    def get_current(self) -> Any:
+        return self._real.get_current()
+
+    def detach(self, token: Any) -> None:
+        self._real.detach(token)
+
+
+@pytest.mark.parametrize("runtime", ["default", "other"])
+def test_the_current_span_is_found_whatever_the_runtime_context(
+    runtime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import opentelemetry.context
+
+    if runtime == "other":
+        real = opentelemetry.context._RUNTIME_CONTEXT  # type: ignore[attr-defined]
+        monkeypatch.setattr(opentelemetry.context, "_RUNTIME_CONTEXT", DelegatingRuntime(real))
+    stamp = trace_stamper()
+    assert stamp is not None
+    untouched = event(1)
+    assert stamp(untouched) is untouched  # no span: the very same event
+    with TRACER.start_as_current_span("request") as span:
+        assert stamp(event(2)).extensions["traceparent"] == traceparent_of(span)
+    assert "traceparent" not in stamp(event(3)).extensions
