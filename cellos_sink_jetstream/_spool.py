@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Union
 from typing_extensions import Self
 
 from ._breaker import BreakerState
-from ._errors import ConfigError, InvalidSubjectError, SinkClosedError
+from ._errors import ConfigError, InvalidSubjectError, ReentrantEmitError, SinkClosedError
 from ._event import CloudEventV1, coerce_event
 from ._replay import (
     CALLER_ERRORS,
@@ -40,6 +40,9 @@ logger = logging.getLogger("cellos_sink_jetstream")
 
 #: Default bound of a spool directory: 1 GiB.
 DEFAULT_SPOOL_MAX_BYTES = 1 << 30
+# Raised to the caller, never spooled: its own mistakes (emitting from the inner sink's
+# loop thread included).
+_RAISED = (*CALLER_ERRORS, ReentrantEmitError)
 # Waits after an unexpected replay failure (a disk error, say) before the next pass.
 _REPLAY_ERROR_BACKOFF = 1.0
 
@@ -157,7 +160,7 @@ class SpoolingEventSink:
         if self._store.depth == 0:
             try:
                 self._inner.emit(event)
-            except CALLER_ERRORS:
+            except _RAISED:
                 raise
             except Exception as exc:
                 if is_permanent_refusal(exc):

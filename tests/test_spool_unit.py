@@ -22,6 +22,7 @@ from cellos_sink_jetstream import (
     PubAck,
     PublishError,
     PublishTimeoutError,
+    ReentrantEmitError,
     SinkClosedError,
     SinkError,
     SpoolError,
@@ -466,6 +467,7 @@ def test_caller_errors_are_raised_and_never_spooled(
         InvalidSubjectError("bad tenant"),
         InvalidEventError("data", "not JSON"),
         PayloadTooLargeError(2_000_000, 1_000_000),
+        ReentrantEmitError("emit() from the sink's own loop thread"),
     ):
         inner.errors["evt-1"] = error
         with pytest.raises(type(error)):
