@@ -363,6 +363,7 @@ def test_close_and_flush_from_a_futures_done_callback(stream: StagedStream) -> N
     try:
 
         def flush_then_close(future: concurrent.futures.Future[Any]) -> None:
+            results.append(threading.current_thread().name)
             try:
                 sink.flush(5)
             except SinkError as exc:
@@ -370,11 +371,14 @@ def test_close_and_flush_from_a_futures_done_callback(stream: StagedStream) -> N
             sink.close(timeout=5)
             results.append("closed")
 
-        future = sink.emit_nowait(event(0, "done-callback"))
-        future.add_done_callback(flush_then_close)
+        # Frozen, so the future is still pending when the callback is added: it then runs
+        # on the loop thread when the ack arrives, not at once on this one.
+        with frozen(stream.server):
+            future = sink.emit_nowait(event(0, "done-callback"))
+            future.add_done_callback(flush_then_close)
         future.result(10)
         wait_until(lambda: "closed" in results, 10, "close() from the callback never returned")
-        assert results == ["ReentrantEmitError", "closed"]
+        assert results == ["cellos-sink-jetstream", "ReentrantEmitError", "closed"]
         assert sink.closed
         wait_until(lambda: not sink._runner._thread.is_alive(), 10, "the loop never stopped")  # type: ignore[union-attr]
         assert sink.flush(1) is True
