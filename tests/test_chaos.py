@@ -131,9 +131,23 @@ def frozen(server: NatsServer) -> Iterator[None]:
     assert pid is not None, f"{server!r} is not running"
     os.kill(pid, signal.SIGSTOP)
     try:
+        # kill() returns before every thread of the server has stopped; until then it may
+        # still answer what the test sends next.
+        wait_until(lambda: all_threads_stopped(pid), 5, f"{server!r} did not stop")
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (state ``T`` in /proc)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # the thread just ended
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+            # The state follows the command name in parentheses, which may hold spaces.
+            if stat.rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                return False
+    return True
 
 
 def sockets_to(port: int) -> int:
