@@ -655,7 +655,10 @@ class NatsPublisher:
                 f"NATS subscriber answering that subject?"
             ) from None
         if not isinstance(body, dict):
-            raise PublishError(f"the reply to a publish on {subject!r} is not a JetStream ack")
+            raise PublishError(
+                f"the reply to a publish on {subject!r} is not a JetStream ack; is a core "
+                f"NATS subscriber answering that subject?"
+            )
         error = body.get("error")
         if error is not None:
             return self._raise_api_error(subject, error)

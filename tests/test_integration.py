@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -279,6 +281,53 @@ def test_rogue_core_subscriber_is_not_taken_for_jetstream(nats_server: NatsServe
     finally:
         stop.set()
         rogue_thread.join()
+
+
+@contextlib.contextmanager
+def rogue_responder(url: str, subject: str, reply: bytes) -> Iterator[None]:
+    """A core NATS subscriber on ``subject`` that answers every message with ``reply``."""
+    import asyncio
+
+    import nats
+
+    ready = threading.Event()
+    stop = threading.Event()
+
+    async def rogue() -> None:
+        nc = await nats.connect(url)
+
+        async def answer(msg: Any) -> None:
+            await msg.respond(reply)
+
+        await nc.subscribe(subject, cb=answer)
+        await nc.flush()
+        ready.set()
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        await nc.close()
+
+    rogue_thread = threading.Thread(target=lambda: asyncio.run(rogue()))
+    rogue_thread.start()
+    try:
+        assert ready.wait(10)
+        yield
+    finally:
+        stop.set()
+        rogue_thread.join()
+
+
+@pytest.mark.parametrize("reply", [b"[1]", b"not json", b'{"stream": "S"}'])
+def test_a_reply_that_is_no_ack_says_what_may_be_answering(
+    nats_server: NatsServer, reply: bytes
+) -> None:
+    with (
+        rogue_responder(nats_server.url, "rogue.subject", reply),
+        JetStreamEventSink.connect(nats_server.url, "rogue.subject") as sink,
+    ):
+        with pytest.raises(PublishError) as refused:
+            sink.emit(event(1))
+    message = str(refused.value)
+    assert "is not a JetStream ack" in message
+    assert "is a core NATS subscriber answering that subject?" in message
 
 
 def test_forged_replies_to_the_sinks_inbox_change_nothing(stream: StagedStream) -> None:
