@@ -54,6 +54,7 @@ class PublishRequest:
         "ack_token",
         "deadline",
         "headers",
+        "holds_slot",
         "payload",
         "seq",
         "settled",
@@ -83,6 +84,9 @@ class PublishRequest:
         self.settled = False
         # Its place in the queue's order, given by the loop when it takes the request.
         self.seq = -1
+        # Whether it counts against max_in_flight (from its send until its outcome, or
+        # until it outlived the slot timeout).
+        self.holds_slot = False
 
     def claim(self) -> bool:
         """Called once, just before sending: ``False`` when the caller already gave up."""
@@ -171,6 +175,7 @@ class LoopRunner:
         retry_attempts: int,
         on_outcome: Optional[OutcomeHook] = None,
         thread_name: str = "cellos-sink-jetstream",
+        slot_timeout: Optional[float] = None,
     ) -> None:
         """Prepare (but do not start) the runner.
 
@@ -181,6 +186,9 @@ class LoopRunner:
             retry_attempts: Attempts per publish for fast failures (see ``with_retry``).
             on_outcome: Told every outcome (on the loop thread) before the caller is.
             thread_name: Name of the background thread.
+            slot_timeout: Longest time one request counts against ``max_in_flight``;
+                past it, a request with a later deadline still waits for its ack but
+                frees its slot, so one caller's long timeout cannot hold the queue.
         """
         self._connect = connect
         self._max_in_flight = max_in_flight
@@ -198,6 +206,7 @@ class LoopRunner:
         # one per event.
         self._deadline_slots: dict[int, set[PublishRequest]] = {}
         self._in_flight = 0
+        self._slot_timeout = slot_timeout
         self._queue_drained: Optional[asyncio.Event] = None
         # _drain's state: running, stopped at the in-flight limit, stopped at an empty
         # queue (callers then wake it), held back while a failed write is retried.
@@ -543,6 +552,7 @@ class LoopRunner:
             self._settle(request)  # the caller gave up while it waited in the queue
             return True
         self._in_flight += 1
+        request.holds_slot = True
         try:
             return self._send(request)
         except Exception as exc:  # a bug must cost one event, never the loop
@@ -555,6 +565,10 @@ class LoopRunner:
         if timeout <= 0:
             self._finish(request, error=_queued_past_deadline())
             return True
+        slot_timeout = self._slot_timeout
+        if slot_timeout is not None and timeout > slot_timeout:
+            # Only publishes with a timeout longer than the sink's pay for this timer.
+            self._loop_or_fail().call_later(slot_timeout, self._free_slot, request)
         send_now = self._send_now
         if send_now is None:
             self._spawn(self._publish(request, self._retry_attempts, timeout))
@@ -655,8 +669,23 @@ class LoopRunner:
     ) -> None:
         if request.settled:
             return
-        self._in_flight -= 1
+        held = request.holds_slot
+        if held:
+            request.holds_slot = False
+            self._in_flight -= 1
         self._settle(request, result, error)
+        if held:
+            self._drain_into_freed_slot()
+
+    def _free_slot(self, request: PublishRequest) -> None:
+        # The slot timeout passed: the request keeps waiting for its ack (until its own
+        # deadline) without counting against max_in_flight.
+        if request.holds_slot and not request.settled:
+            request.holds_slot = False
+            self._in_flight -= 1
+            self._drain_into_freed_slot()
+
+    def _drain_into_freed_slot(self) -> None:
         if self._waiting_for_room:
             self._waiting_for_room = False
             self._drain(after_ack=True)

@@ -745,6 +745,9 @@ class JetStreamEventSink:
             max_queue=settings.max_queue,
             retry_attempts=settings.retry_attempts,
             on_outcome=_weakly(self._on_outcome),
+            # A publish(timeout=60) must not hold one of the max_in_flight slots (and the
+            # queue behind it) for longer than any other publish would.
+            slot_timeout=settings.publish_timeout,
         )
         # Closes the runner should the sink be dropped without close(). Not at exit:
         # _close_all_at_exit closes the sinks still alive then.

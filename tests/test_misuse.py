@@ -454,3 +454,24 @@ def test_a_huge_retry_attempts_cannot_hold_the_queue_or_the_circuit(
             sink.emit(event(1, "retries"))
         assert not isinstance(info.value, PublishTimeoutError), info.value
         assert isinstance(sink.state, Reconnecting)
+
+
+def test_a_long_publish_cannot_hold_an_in_flight_slot_past_publish_timeout(
+    stream: StagedStream,
+) -> None:
+    """``max_in_flight=1``: a ``publish(timeout=60)`` to a frozen server used to hold the
+    only slot for 60 s, so an ``emit_nowait`` future queued behind it (bounded by the
+    sink's 1 s ``publish_timeout``) stayed pending as long. Past ``publish_timeout`` the
+    long publish keeps waiting for its ack but frees its slot."""
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("slot"), publish_timeout=1.0, max_in_flight=1
+    ) as sink:
+        sink.emit(event(0, "slot"))
+        with frozen(stream.server):
+            holder = in_thread(lambda: sink.publish(event(1, "slot"), timeout=60))
+            wait_until(lambda: sink.stats().in_flight == 1, 10, "the publish never started")
+            queued = sink.emit_nowait(event(2, "slot"))
+            assert isinstance(queued.exception(15), SinkError)
+            assert not holder.done()
+        # Resumed: the long publish still gets its ack, within its own 60 s.
+        assert holder.result(30).seq > 0
