@@ -291,6 +291,11 @@ _TOO_DEEP_PROBLEM = (
     f"nesting is deeper than {MAX_DATA_DEPTH} levels of lists and dicts; flatten the data"
 )
 _SURROGATE_PROBLEM = "a lone surrogate, which UTF-8 cannot encode"
+_NO_STACK_LEFT_PROBLEM = (
+    "is nested too deeply to be checked or written from this deep in the call stack "
+    "(RecursionError); flatten the data, or build and emit the event nearer the top of the "
+    "stack"
+)
 
 _TYPE_HINTS = {
     "set": "use a list",
@@ -321,7 +326,11 @@ def _check_json_value(value: Any, depth: int) -> None:
         if not value.isascii() and _SURROGATE_RE.search(value) is not None:
             raise _DataProblem(f"the str {_preview(value)} contains {_SURROGATE_PROBLEM}")
         return
-    if value_type is int or value_type is bool or value is None:
+    if value_type is int:
+        if not -_ALWAYS_WRITABLE_INT < value < _ALWAYS_WRITABLE_INT:
+            _check_int_length(value)
+        return
+    if value_type is bool or value is None:
         return
     if value_type is dict or (value_type is not list and isinstance(value, dict)):
         if depth >= MAX_DATA_DEPTH:
@@ -358,6 +367,8 @@ def _check_json_value(value: Any, depth: int) -> None:
     if isinstance(value, (str, int)):  # subclasses, e.g. enum.IntEnum members
         if isinstance(value, str) and _SURROGATE_RE.search(value) is not None:
             raise _DataProblem(f"the str {_preview(value)} contains {_SURROGATE_PROBLEM}")
+        if isinstance(value, int) and not -_ALWAYS_WRITABLE_INT < value < _ALWAYS_WRITABLE_INT:
+            _check_int_length(value)
         return
     if isinstance(value, (bytes, bytearray)):
         raise _DataProblem(
@@ -371,6 +382,31 @@ def _check_json_value(value: Any, depth: int) -> None:
 
 # Ints within this bound pass the fast check; others take the full one.
 _FAST_INT_BOUND = 2**63
+
+# Python writes ints as text only up to sys.get_int_max_str_digits() digits (4300 by
+# default, 0 for no limit, never below 640): json.dumps of a longer one raises ValueError.
+# Ints of fewer than 640 digits are always writable; longer ones are checked against the
+# interpreter's limit at construction, so that to_json() cannot fail on them later.
+_ALWAYS_WRITABLE_INT = 10**639
+_get_int_digits_limit: Callable[[], int] = getattr(sys, "get_int_max_str_digits", lambda: 0)
+_int_bounds: dict[int, int] = {}  # limit -> 10**limit, the first int too long to write
+
+
+def _check_int_length(value: int) -> None:
+    limit = _get_int_digits_limit()
+    if limit <= 0:
+        return
+    bound = _int_bounds.get(limit)
+    if bound is None:
+        bound = _int_bounds[limit] = 10**limit
+    if -bound < value < bound:
+        return
+    digits = int(abs(value).bit_length() * math.log10(2))  # within one of the true count
+    raise _DataProblem(
+        f"an int of about {digits} digits is over Python's limit of {limit} digits for "
+        "writing ints as text (sys.get_int_max_str_digits()), so it cannot be written as "
+        "JSON; send it as a str"
+    )
 
 
 def _is_plain_json(value: Any, depth: int) -> bool:
@@ -411,10 +447,13 @@ def _is_plain_json(value: Any, depth: int) -> bool:
 
 
 def _check_data(data: object) -> None:
-    if _is_plain_json(data, 0):
-        return
     try:
+        if _is_plain_json(data, 0):
+            return
         _check_json_value(data, 0)
+    except RecursionError:
+        # Within MAX_DATA_DEPTH, but the caller's own stack was already nearly full.
+        raise InvalidEventError("data", _NO_STACK_LEFT_PROBLEM) from None
     except _DataProblem as problem:
         steps = problem.path[::-1]
         if len(steps) > 12:  # a path 200 levels deep says nothing a shorter one does not
@@ -757,12 +796,17 @@ class CloudEventV1:
         """
         try:
             return _encode_json(self._structured).encode("utf-8")
-        except (ValueError, TypeError, RecursionError) as exc:
-            # Only reachable if the caller mutated data after construction.
+        except RecursionError:
+            # The data passed its checks: the caller's stack is what is nearly full.
+            raise InvalidEventError("data", _NO_STACK_LEFT_PROBLEM) from None
+        except (ValueError, TypeError) as exc:
+            # Construction checked everything else; what changed since is the caller's
+            # doing: data mutated, or Python's limit on int length lowered.
             raise InvalidEventError(
                 "data",
                 f"could not be written as JSON ({exc}); was it modified after the event was "
-                "created? Build a new event instead of mutating data",
+                "created (or sys.set_int_max_str_digits() lowered)? Build a new event "
+                "instead of mutating data",
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
