@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 from typing_extensions import ParamSpec, Protocol, Self, runtime_checkable
 
 from ._binary_mode import CONTENT_MODES, BinaryEncoder
-from ._breaker import BreakerState, CircuitBreaker, Connected, Permit, Reconnecting
+from ._breaker import BreakerState, CircuitBreaker, Connected, Permit
 from ._config import ENV_CA_FILE, redact_url, resolve_servers
 from ._error_type import error_type
 from ._errors import (
@@ -521,9 +521,9 @@ class JetStreamEventSink:
         breaker = self._breaker
         permit = breaker.admit()
         if permit is None:
-            state = breaker.state
-            if isinstance(state, Reconnecting):
-                raise CircuitOpenError(state.attempt, breaker.retry_after(), state.cause)
+            refusal = breaker.refusal()
+            if refusal is not None:
+                raise CircuitOpenError(*refusal)
             # A probe closed the circuit since admit() refused: ask once more.
             permit = breaker.admit()
             if permit is None:
