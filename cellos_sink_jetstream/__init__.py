@@ -47,8 +47,8 @@ from ._errors import (
 )
 from ._event import CloudEventV1
 from ._otel import instrument
-from ._publisher import PubAck, Publisher
 from ._retry import with_retry
+from ._seam import PubAck, Publisher
 from ._sink import EventSink, JetStreamEventSink, NoopEventSink, SinkStats
 from ._spool import DEFAULT_SPOOL_MAX_BYTES, DeadLetter, SpoolingEventSink, SpoolStats
 from ._subject import TENANT_ID_DEFAULT_TOKEN, TENANT_ID_PLACEHOLDER, resolve_tenant_subject

@@ -9,7 +9,7 @@ with ``application/cloudevents`` means structured, anything else binary.
 
 Percent-encoded values are printable ASCII without spaces, so every ``ce-`` header is a
 safe NATS header by construction; the header block is still built by
-:func:`~cellos_sink_jetstream._publisher.encode_header_block`, which checks each header.
+:func:`~cellos_sink_jetstream._headers.encode_header_block`, which checks each header.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 
 from ._errors import InvalidEventError
 from ._event import CloudEventV1
-from ._publisher import HEADER_CONTENT_TYPE, HEADER_MSG_ID, EncodedHeaders, encode_header_block
+from ._headers import HEADER_CONTENT_TYPE, HEADER_MSG_ID, EncodedHeaders, encode_header_block
 
 __all__ = [
     "CE_HEADER_PREFIX",

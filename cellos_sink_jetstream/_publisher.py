@@ -1,17 +1,16 @@
-"""The one seam to NATS: the :class:`Publisher` protocol and its nats-py implementation.
+"""The nats-py implementation of the seam: :class:`NatsPublisher`.
 
 Every nats-py error is translated into this library's errors here, at the publish
-boundary, and nowhere else.
+boundary, and nowhere else. nats-py's private names are used only through
+:mod:`._nats_client`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import json
 import logging
-import re
 import ssl
 from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Mapping, Sequence
@@ -19,8 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import nats.errors
-from nats.aio.client import Client
-from typing_extensions import Protocol, runtime_checkable
 
 from ._config import scrub, secrets_in
 from ._errors import (
@@ -33,23 +30,11 @@ from ._errors import (
     PublishTimeoutError,
     StreamMismatchError,
 )
+from ._headers import encode_header_block
+from ._nats_client import CAN_SKIP_SUBJECT_VALIDATION, SinkClient, close_quietly
+from ._seam import AckListener, PubAck
 
-__all__ = [
-    "AckListener",
-    "HEADER_CONTENT_TYPE",
-    "HEADER_EXPECTED_STREAM",
-    "HEADER_MSG_ID",
-    "ConnectOptions",
-    "EncodedHeaders",
-    "HeaderTemplate",
-    "NatsPublisher",
-    "PubAck",
-    "Publisher",
-]
-
-HEADER_MSG_ID = "Nats-Msg-Id"
-HEADER_EXPECTED_STREAM = "Nats-Expected-Stream"
-HEADER_CONTENT_TYPE = "Content-Type"
+__all__ = ["ConnectOptions", "NatsPublisher"]
 
 # JetStream's error code for "expected stream does not match".
 _ERR_STREAM_MISMATCH = 10060
@@ -61,11 +46,6 @@ _JS_API_STREAM_INFO = "$JS.API.STREAM.INFO."
 _CHECK_REPLY = "connect-check"
 _CHECK_REPLY_BYTES = _CHECK_REPLY.encode()
 _CHECK_DENIED = "denied"
-_CLOSE_TIMEOUT_SECONDS = 2.0
-# nats-py 2.16 accepts skip_subject_validation; 2.14 and older reject the argument.
-_CAN_SKIP_SUBJECT_VALIDATION = (
-    "skip_subject_validation" in inspect.signature(Client.connect).parameters
-)
 # nats-py's errors for "not written: no usable connection right now", in NATS terms.
 _CONNECTION_DOWN: dict[type[Exception], str] = {
     # publish_now raises it whenever the client is not connected (see there).
@@ -79,36 +59,6 @@ _CONNECTION_DOWN: dict[type[Exception], str] = {
 }
 
 logger = logging.getLogger("cellos_sink_jetstream")
-
-
-@dataclass(frozen=True)
-class PubAck:
-    """JetStream's acknowledgement of one stored message.
-
-    Attributes:
-        stream: The stream that stored it.
-        seq: Its sequence number in that stream.
-        duplicate: True when JetStream had already stored a message with the same
-            ``Nats-Msg-Id`` within the stream's duplicate window (nothing new was stored).
-    """
-
-    stream: str
-    seq: int
-    duplicate: bool = False
-
-
-@runtime_checkable
-class Publisher(Protocol):
-    """What the sink needs from a JetStream client: publish one message, await its ack.
-
-    Implementations raise this library's :class:`~cellos_sink_jetstream.PublishError`
-    subclasses; anything else is treated as a failure of NATS. The sink bounds every call
-    with its publish timeout, so an implementation need not.
-    """
-
-    async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
-        """Publish ``payload`` to ``subject`` with ``headers`` and return JetStream's ack."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -128,221 +78,6 @@ class ConnectOptions:
         return self.tls is not None or any(s.startswith("tls://") for s in self.servers)
 
 
-class EncodedHeaders(dict):  # type: ignore[type-arg]  # dict[str, str] on 3.9 too
-    """Message headers that carry their NATS wire encoding, made once by the caller.
-
-    An ordinary mapping to any :class:`Publisher`; :class:`NatsPublisher` writes
-    :attr:`wire` as it is instead of encoding the mapping again on the event loop.
-    Build them with :class:`HeaderTemplate`.
-    """
-
-    __slots__ = ("wire",)
-
-    #: The header block as NATS sends it: ``NATS/1.0\r\n``, one line per header, a blank line.
-    wire: bytes
-
-
-class HeaderTemplate:
-    """Fixed headers plus one header whose value changes per message, pre-encoded."""
-
-    def __init__(self, fixed: Mapping[str, str], per_message: str) -> None:
-        """Check and encode the fixed part; raise ``ValueError`` for an unsafe header."""
-        _check_header(per_message, "x")
-        self._fixed = dict(fixed)
-        self._per_message = per_message
-        self._prefix = f"NATS/1.0\r\n{_header_lines(fixed)}{per_message}: ".encode()
-
-    def fill(self, value: str) -> EncodedHeaders:
-        """The headers of one message whose per-message header is ``value``.
-
-        ``value`` is not checked again here, on every publish: the caller guarantees it is
-        a valid header value (the sink passes event ids, which the event model checks).
-        """
-        headers = EncodedHeaders(self._fixed)
-        headers[self._per_message] = value
-        headers.wire = b"%b%b\r\n\r\n" % (self._prefix, value.encode())
-        return headers
-
-
-def encode_header_block(headers: Mapping[str, str]) -> bytes:
-    """The NATS header block of ``headers``; raise ``ValueError`` for an unsafe header."""
-    wire = getattr(headers, "wire", None)
-    if isinstance(wire, bytes):
-        return wire
-    return f"NATS/1.0\r\n{_header_lines(headers)}\r\n".encode()
-
-
-def _header_lines(headers: Mapping[str, str]) -> str:
-    for name, value in headers.items():
-        _check_header(name, value)
-    return "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-
-
-def _check_header(name: str, value: str) -> None:
-    # What nats-py would refuse (names) or silently rewrite (values: stripped, CR and LF
-    # turned into spaces) is refused here, so the bytes sent are the bytes nats-py would
-    # send. Anything else, non-ASCII included, is sent as UTF-8, as nats-py does.
-    if not _HEADER_NAME_RE.fullmatch(name):
-        raise ValueError(f"{name!r} is not a valid NATS header name")
-    if not value or value != value.strip() or "\r" in value or "\n" in value:
-        raise ValueError(f"header {name} cannot carry {value!r}")
-
-
-_HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # printable ASCII without space and colon
-
-
-#: Takes one message of a direct subscription: its subject, its payload, and the status
-#: code NATS put in its header line (``"503"`` for no responders), if any.
-ReplyHandler = Callable[[bytes, bytes, Optional[str]], None]
-
-
-def _inline_status(headers: Optional[bytes]) -> Optional[str]:
-    # "NATS/1.0 503\r\n\r\n": a status code follows the version after one space.
-    if headers and headers[_STATUS_OFFSET - 1 : _STATUS_OFFSET] == b" ":
-        return headers[_STATUS_OFFSET : _STATUS_OFFSET + 3].decode("ascii", "replace")
-    return None
-
-
-_STATUS_OFFSET = len(b"NATS/1.0 ")
-
-
-class _SinkClient(Client):
-    """The nats-py client with four changes the sink relies on.
-
-    - It refuses to send CONNECT over plaintext when TLS was asked for: nats-py upgrades
-      to TLS only when the server's INFO says ``tls_required``, so a server (or an
-      impostor) without TLS would otherwise receive the credentials in clear.
-    - :meth:`publish_now` writes a pre-encoded header block as it is, without the
-      coroutines of ``publish()``, and :meth:`flush_now` writes a batch out without
-      waiting for the flusher task's turn: header encoding, four coroutine calls and a
-      loop turn are most of nats-py's own cost per publish, and the loop thread is the
-      sink's bottleneck.
-    - It hands the messages of :meth:`subscribe_direct` subscriptions (the acks) to a
-      plain function, without a queue and a task switch per message.
-    - A reconnect whose peer never answers the handshake's PING with PONG is a failed
-      attempt, not a half-made connection.
-    """
-
-    def __init__(self, require_tls: bool) -> None:
-        super().__init__()
-        self._cellos_require_tls = require_tls
-        # Subscriptions whose messages go straight to a handler, by subscription id.
-        self._cellos_handlers: dict[int, ReplyHandler] = {}
-
-    async def subscribe_direct(self, subject: str, handler: ReplyHandler) -> None:
-        """Subscribe; each message goes to ``handler(subject, data, status)`` at once.
-
-        Skips nats-py's per-subscription queue, task and ``Msg`` object, which replies
-        to our own publishes do not need. The handler runs on the event loop, inside the
-        protocol parser: it must be quick, and what it raises is logged and dropped.
-        """
-        subscription = await self.subscribe(subject)
-        self._cellos_handlers[subscription._id] = handler
-
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Optional[bytes]
-    ) -> None:
-        handler = self._cellos_handlers.get(sid)
-        if handler is None:
-            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
-            return
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(data)
-        try:
-            handler(subject, data, _inline_status(headers))
-        except Exception:  # raised into the parser, it would drop the connection
-            logger.exception("handling a reply from NATS failed; ignored")
-
-    async def _process_connect_init(self) -> None:
-        reconnecting = self.is_reconnecting
-        await super()._process_connect_init()
-        if reconnecting and not self.is_connected:
-            # The peer hung up (or said something else) instead of answering the PING with
-            # PONG. nats-py carries on as if connected, starts its tasks, and the reconnect
-            # that follows fails one of them with InvalidStateError, which asyncio prints
-            # as "Task exception was never retrieved". Make it a failed attempt instead:
-            # nats-py then tries again later. (A first connect is judged by connect().)
-            for task in (self._reading_task, self._ping_interval_task, self._flusher_task):
-                if task is not None:
-                    task.cancel()
-            if self._transport is not None:
-                self._transport.close()  # type: ignore[no-untyped-call]
-            raise nats.errors.Error("nats: the server did not answer PING with PONG")
-
-    def _connect_command(self) -> bytes:
-        # Called on every (re)connect, once the new transport exists and before CONNECT.
-        writer = getattr(self._transport, "_io_writer", None)
-        if self._cellos_require_tls and (
-            writer is None or writer.get_extra_info("ssl_object") is None
-        ):
-            raise nats.errors.SecureConnRequiredError()
-        _limit_read_size(getattr(writer, "transport", None))
-        command: bytes = super()._connect_command()
-        return command
-
-    def publish_now(self, subject: str, reply: str, payload: bytes, header_block: bytes) -> None:
-        """What ``publish()`` does, for an encoded header block and without a coroutine.
-
-        The same checks and errors and the same write buffer; :meth:`flush_now` writes
-        it out, once per batch. One change: nothing is buffered while disconnected (the
-        sink connects with ``pending_size=0`` anyway), so a publish then raises
-        ``OutboundBufferLimitError`` at once.
-        """
-        if self.is_closed:
-            raise nats.errors.ConnectionClosedError
-        if self.is_draining_pubs:
-            raise nats.errors.ConnectionDrainingError
-        if not self.is_connected:
-            raise nats.errors.OutboundBufferLimitError
-        payload_size = len(payload)
-        if payload_size > self._max_payload:
-            raise nats.errors.MaxPayloadError
-        header_size = len(header_block)
-        command = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
-            subject.encode(),
-            reply.encode(),
-            header_size,
-            header_size + payload_size,
-            header_block,
-            payload,
-        )
-        self._pending.append(command)
-        self._pending_data_size += len(command)
-        self.stats["out_msgs"] += 1
-        self.stats["out_bytes"] += payload_size
-
-    def flush_now(self) -> None:
-        """Write out what :meth:`publish_now` buffered.
-
-        At once when the socket keeps up (nothing is waiting in the transport's own
-        buffer), which saves the loop turn nats-py's flusher task would take; otherwise
-        through that task, which waits for the socket to drain before writing more.
-        """
-        if not self._pending or not self.is_connected:
-            return
-        writer = getattr(self._transport, "_io_writer", None)
-        socket_transport = getattr(writer, "transport", None)
-        flusher = self._flusher_task
-        flusher_alive = flusher is not None and not flusher.done()
-        if (
-            socket_transport is not None and socket_transport.get_write_buffer_size() == 0
-        ) or not flusher_alive:
-            assert self._transport is not None
-            self._transport.writelines(self._pending[:])
-            self._pending = []
-            self._pending_data_size = 0
-            return
-        # As nats-py's _flush_pending: one wake-up of the flusher per batch of writes.
-        queue = self._flush_queue
-        if queue is not None and queue.empty():
-            queue.put_nowait(asyncio.get_running_loop().create_future())
-
-
-#: Told the outcome of a pipelined send: ``(receiver, ack, None)`` or
-#: ``(receiver, None, error)``, on the event loop, once per send.
-AckListener = Callable[[Any, Optional[PubAck], Optional[BaseException]], None]
-
-
 class NatsPublisher:
     """A :class:`Publisher` over one nats-py connection, pipelining publishes.
 
@@ -357,7 +92,7 @@ class NatsPublisher:
     future, task or closure per message.
     """
 
-    def __init__(self, nc: _SinkClient, reply_prefix: str, expected_stream: Optional[str]) -> None:
+    def __init__(self, nc: SinkClient, reply_prefix: str, expected_stream: Optional[str]) -> None:
         """Wrap a connected client; use :meth:`connect` rather than calling this."""
         self._nc = nc
         self._reply_prefix = reply_prefix
@@ -377,7 +112,7 @@ class NatsPublisher:
         cls, options: ConnectOptions, expected_stream: Optional[str] = None
     ) -> NatsPublisher:
         """Connect within ``options.connect_timeout`` and set up the reply subscription."""
-        nc = _SinkClient(options.wants_tls)
+        nc = SinkClient(options.wants_tls)
         publisher = cls(nc, f"{nc.new_inbox()}.", expected_stream)
 
         secrets = secrets_in(options.servers)
@@ -427,7 +162,7 @@ class NatsPublisher:
             "disconnected_cb": on_disconnected,
             "reconnected_cb": on_reconnected,
         }
-        if _CAN_SKIP_SUBJECT_VALIDATION:
+        if CAN_SKIP_SUBJECT_VALIDATION:
             # Subjects are validated strictly when the template is built and per tenant
             # id, and reply subjects are our own: nats-py's per-publish checks are spent.
             kwargs["skip_subject_validation"] = True
@@ -439,7 +174,7 @@ class NatsPublisher:
             )
         except BaseException as exc:
             publisher._closing = True  # it never connected: no "disconnected" to report
-            await _close_quietly(nc)
+            await close_quietly(nc)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                 raise
             if refused_everywhere.is_set():
@@ -467,7 +202,7 @@ class NatsPublisher:
         )
         if not_ready is not None:
             publisher._closing = True  # a half-made connection: no "disconnected" to report
-            await _close_quietly(nc)
+            await close_quietly(nc)
             logger.info("could not connect to NATS at %s: %s", options.display_url, not_ready)
             raise ConnectError(f"could not connect to NATS at {options.display_url}: {not_ready}")
         return publisher
@@ -731,7 +466,7 @@ class NatsPublisher:
         """
         self._closing = True
         self._abandon_in_flight()
-        await _close_quietly(self._nc)
+        await close_quietly(self._nc)
 
 
 def _connection_down(exc: BaseException) -> Optional[str]:
@@ -802,41 +537,3 @@ async def _connect_unless_refused(
     if attempt.cancelled():
         raise asyncio.TimeoutError
     attempt.result()
-
-
-async def _close_quietly(nc: Client, timeout: float = _CLOSE_TIMEOUT_SECONDS) -> None:
-    try:
-        # Bounded: nats-py's close() hangs after a failed TLS handshake, and while it
-        # flushes into a server that stopped reading.
-        await asyncio.wait_for(nc.close(), timeout)
-    except asyncio.TimeoutError:
-        logger.debug("closing the NATS connection timed out after %gs; aborting it", timeout)
-        _abort_transport(nc)
-    except asyncio.CancelledError:
-        _abort_transport(nc)
-        raise
-    except Exception as exc:  # closing must not mask the reason we are closing for
-        logger.debug("ignored error while closing the NATS connection: %s", type(exc).__name__)
-        _abort_transport(nc)
-
-
-#: Most bytes asyncio reads from the socket at once. Its default, 256 KiB, is above
-#: glibc's mmap threshold: every read of an ack mapped, shrank and unmapped a fresh
-#: buffer (three system calls and a page fault per read, and in a threaded process a
-#: TLB flush on every core running one of its threads). 64 KiB comes from the heap and
-#: still holds hundreds of acks.
-_READ_SIZE = 64 * 1024
-
-
-def _limit_read_size(socket_transport: object) -> None:
-    if isinstance(getattr(socket_transport, "max_size", None), int):
-        socket_transport.max_size = _READ_SIZE  # type: ignore[attr-defined]
-
-
-def _abort_transport(nc: Client) -> None:
-    # nats-py offers no abort; its transport wraps an asyncio StreamWriter whose
-    # transport can drop the socket at once, unsent data and all.
-    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
-    transport = getattr(writer, "transport", None)
-    if transport is not None:
-        transport.abort()

@@ -24,7 +24,7 @@ from ._errors import (
     SinkClosedError,
 )
 from ._event import CloudEventV1
-from ._publisher import PubAck
+from ._seam import PubAck
 from ._sink import EventSink, JetStreamEventSink
 from ._spool_store import SpooledEvent, SpoolStore
 

@@ -30,8 +30,8 @@ from ._errors import (
     SinkError,
 )
 from ._lean_future import make_future
-from ._publisher import PubAck, Publisher
 from ._retry import retry_async
+from ._seam import PubAck, Publisher
 from ._timeouts import MAX_TIMEOUT_SECONDS
 
 __all__ = ["BlockingRequest", "FutureRequest", "LoopRunner", "PublishRequest"]

@@ -41,18 +41,16 @@ from ._errors import (
     format_seconds,
 )
 from ._event import CONTENT_TYPE, CloudEventV1, SdkEvent, coerce_event
-from ._publisher import (
+from ._headers import (
     HEADER_CONTENT_TYPE,
     HEADER_EXPECTED_STREAM,
     HEADER_MSG_ID,
-    ConnectOptions,
     EncodedHeaders,
     HeaderTemplate,
-    NatsPublisher,
-    PubAck,
-    Publisher,
 )
+from ._publisher import ConnectOptions, NatsPublisher
 from ._runner import BlockingRequest, FutureRequest, LoopRunner, PublishRequest
+from ._seam import PubAck, Publisher
 from ._subject import (
     TENANT_ID_PLACEHOLDER,
     resolve_tenant_subject,

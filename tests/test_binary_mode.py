@@ -25,7 +25,7 @@ from cellos_sink_jetstream._binary_mode import (
     percent_encode,
 )
 from cellos_sink_jetstream._cli import main
-from cellos_sink_jetstream._publisher import _check_header
+from cellos_sink_jetstream._headers import _check_header
 from tests._nats import read_stream
 from tests.conftest import StagedStream
 from tests.fakes import InstantPublisher

@@ -11,12 +11,8 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from cellos_sink_jetstream import CloudEventV1, ConfigError, InvalidEventError, JetStreamEventSink
-from cellos_sink_jetstream._publisher import (
-    EncodedHeaders,
-    HeaderTemplate,
-    _SinkClient,
-    encode_header_block,
-)
+from cellos_sink_jetstream._headers import EncodedHeaders, HeaderTemplate, encode_header_block
+from cellos_sink_jetstream._nats_client import SinkClient
 from tests.fakes import InstantPublisher
 
 FIXED = {"Content-Type": "application/cloudevents+json", "Nats-Expected-Stream": "CELLOS"}
@@ -44,7 +40,7 @@ def written_by_nats_py(headers: dict[str, str]) -> bytes:
 
 def written_by_publish_now(header_block: bytes) -> bytes:
     """The bytes the sink's client queues for one message (no connection)."""
-    client = _SinkClient(require_tls=False)
+    client = SinkClient(require_tls=False)
     client._status = Client.CONNECTED
     client.publish_now("cellos.events.a", "_INBOX.x.7", PAYLOAD, header_block)
     assert len(client._pending) == 1
@@ -78,7 +74,7 @@ def test_plain_mappings_are_encoded_as_nats_py_encodes_them() -> None:
 
 
 def test_publish_now_refuses_what_publish_refuses() -> None:
-    client = _SinkClient(require_tls=False)
+    client = SinkClient(require_tls=False)
     with pytest.raises(nats.errors.OutboundBufferLimitError):
         client.publish_now("a.b", "r", b"x", b"NATS/1.0\r\n\r\n")  # not connected
     client._status = Client.CONNECTED

@@ -9,7 +9,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from cellos_sink_jetstream import CloudEventV1, JetStreamEventSink, PublishError, with_retry
-from cellos_sink_jetstream._publisher import _READ_SIZE, _SinkClient
+from cellos_sink_jetstream._nats_client import READ_SIZE, SinkClient
 from tests._nats import read_stream
 from tests.conftest import StagedStream
 
@@ -36,8 +36,8 @@ class FakeNatsTransport:
         self.written.extend(payload)
 
 
-async def client_with(buffered: int, flusher_alive: bool) -> tuple[_SinkClient, FakeNatsTransport]:
-    client = _SinkClient(require_tls=False)
+async def client_with(buffered: int, flusher_alive: bool) -> tuple[SinkClient, FakeNatsTransport]:
+    client = SinkClient(require_tls=False)
     client._status = Client.CONNECTED
     transport = FakeNatsTransport(buffered)
     client._transport = transport  # type: ignore[assignment]
@@ -111,7 +111,7 @@ def test_the_connection_reads_at_most_64_kib_at_once_after_every_connect(
         stream.url, stream.subject("readsize"), publish_timeout=2.0
     ) as sink:
         first = _socket_transport(sink)
-        assert first.max_size == _READ_SIZE == 64 * 1024
+        assert first.max_size == READ_SIZE == 64 * 1024
         sink.emit(CloudEventV1.create("t", "/bench", {"n": 1}))
         stream.server.restart()
         with_retry(
@@ -122,5 +122,5 @@ def test_the_connection_reads_at_most_64_kib_at_once_after_every_connect(
         )
         second = _socket_transport(sink)
         assert second is not first  # a new connection, limited too
-        assert second.max_size == _READ_SIZE
+        assert second.max_size == READ_SIZE
     assert len(read_stream(stream.url, stream.name)) == 2

@@ -21,8 +21,8 @@ from .._breaker import BreakerState, Connected
 from .._config import ENV_NATS_URL
 from .._errors import CircuitOpenError, PublishError
 from .._event import CloudEventV1
-from .._publisher import PubAck
 from .._retry import with_retry
+from .._seam import PubAck
 from .._server import NatsServer
 from .._sink import JetStreamEventSink, SinkStats
 from ._demo_events import (

@@ -16,7 +16,7 @@ from typing import IO, Any, Callable, Optional, TextIO
 
 from .._errors import InvalidEventError, InvalidSubjectError, PublishError, SinkError
 from .._event import CloudEventV1
-from .._publisher import PubAck
+from .._seam import PubAck
 from .._sink import JetStreamEventSink
 from .._subject import resolve_tenant_subject
 from ._exit_status import EXIT_OK, EXIT_USAGE, CliError

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from .._config import ENV_CA_FILE, ENV_NATS_URL, redact_url, resolve_servers, scrub, secrets_in
 from .._errors import ConnectError
-from .._publisher import _close_quietly, _SinkClient
+from .._nats_client import SinkClient, close_quietly
 from .._server import NatsServer
 from .._sink import JetStreamEventSink, TransitionCallback, _root_ca_context
 from .._version import __version__
@@ -91,7 +91,7 @@ async def _open_nats(target: Target) -> Client:
         errors.append(exc)
 
     wants_tls = target.ca_file is not None or any(s.startswith("tls://") for s in target.servers)
-    client = _SinkClient(wants_tls)
+    client = SinkClient(wants_tls)
     options: dict[str, Any] = {
         "servers": list(target.servers),
         "name": f"{PROG} {__version__}",
@@ -108,10 +108,10 @@ async def _open_nats(target: Target) -> Client:
     try:
         await asyncio.wait_for(client.connect(**options), target.connect_timeout)
     except (asyncio.CancelledError, KeyboardInterrupt):
-        await _close_quietly(client)
+        await close_quietly(client)
         raise
     except Exception as exc:
-        await _close_quietly(client)
+        await close_quietly(client)
         cause = errors[-1] if errors else exc
         raise ConnectError(
             f"could not connect to NATS at {target.display_url} within "
@@ -184,7 +184,7 @@ def with_nats(target: Target, action: Callable[[Client], Awaitable[T]]) -> T:
             # A nats-py error that no command turned into a message of its own.
             raise CliError(f"NATS request failed: {describe_error(exc, target.secrets)}") from None
         finally:
-            await _close_quietly(client)
+            await close_quietly(client)
 
     return asyncio.run(session())
 
