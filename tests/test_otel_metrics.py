@@ -71,7 +71,8 @@ class Metrics:
         assert data is not None
         for resource in data.resource_metrics:
             for scope in resource.scope_metrics:
-                assert scope.scope.name == "cellos_sink_jetstream"
+                if scope.scope.name != "cellos_sink_jetstream":
+                    continue  # some SDK versions report metrics of their own
                 for metric in scope.metrics:
                     self.kinds[metric.name] = type(metric.data)
                     self.points[metric.name] = list(metric.data.data_points)
@@ -361,7 +362,14 @@ def histogram_point(record: Callable[[Callable[..., None]], None]) -> HistogramD
     record(histogram.record)
     data = reader.get_metrics_data()
     assert data is not None
-    (point,) = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+    (point,) = [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        if scope.scope.name == "t"
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ]
     assert isinstance(point, HistogramDataPoint)
     return point
 
