@@ -473,6 +473,12 @@ class LoopRunner:
 
     async def _cancellable(self, awaitable: Awaitable[_T]) -> _T:
         # A task in _tasks: stop() cancels those, which ends a connect or a wait at once.
+        # stop() may have run its cancellation before this task existed: look first. (A
+        # stop() after this check schedules its cancellation behind the task's creation.)
+        if self._stopping:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise asyncio.CancelledError
         task: asyncio.Future[_T] = asyncio.ensure_future(awaitable)
         tasks: set[Any] = self._tasks
         tasks.add(task)

@@ -103,3 +103,34 @@ def observability() -> None:
         {"ce-specversion": "1.0", "ce-id": "x", "ce-source": "/s", "ce-type": "t"}, b""
     )
     del event
+
+
+def spooling() -> None:
+    inner = JetStreamEventSink.connect(None, "cellos.events.{tenantId}", wait=False)
+    with cs.SpoolingEventSink(inner, "/var/lib/cellos/spool", max_bytes=1 << 30) as sink:
+        sink.emit(CloudEventV1(id="e-1", source="/s", type="t"))
+        stats: cs.SpoolStats = sink.stats()
+        counters: tuple[int, int, int, int] = (
+            stats.spooled,
+            stats.replayed,
+            stats.dead_lettered,
+            stats.replayed_late,
+        )
+        now: tuple[int, int, float] = (stats.depth, stats.bytes, stats.oldest_age_s)
+        inner_stats: Optional[SinkStats] = stats.inner
+        empty: bool = sink.drain(timeout=5.0)
+        letters: list[cs.DeadLetter] = sink.dead_letters()
+        reason: str = letters[0].error if letters else ""
+        del counters, now, inner_stats, empty, reason
+    try:
+        cs.SpoolingEventSink(NoopEventSink(), "/tmp/spool").close(timeout=1.0)
+    except cs.SpoolLockedError as locked:
+        holder: Optional[int] = locked.pid
+        del holder
+    except cs.SpoolFullError as full:
+        limit: int = full.limit
+        del limit
+    except cs.SpoolError:
+        pass
+    variables: tuple[str, str] = (cs.ENV_SPOOL_DIR, cs.ENV_SPOOL_MAX_BYTES)
+    del variables
