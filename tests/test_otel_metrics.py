@@ -8,6 +8,8 @@ which need publishes held open (a gated fake publisher).
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -205,6 +207,34 @@ def test_a_missing_stream_is_counted_as_no_stream(stream: StagedStream, metrics:
         == 1
     )
     assert sink.stats().failed_by_cause == {"no_stream": 1}
+
+
+def test_in_flight_and_queue_depth_while_the_server_is_paused(
+    stream: StagedStream, metrics: Metrics
+) -> None:
+    pid = stream.server.pid
+    assert pid is not None
+    with JetStreamEventSink.connect(
+        stream.url, TEMPLATE, max_in_flight=2, publish_timeout=30.0
+    ) as sink:
+        instrument(sink, metrics.provider)
+        sink.emit(event(0))
+        os.kill(pid, signal.SIGSTOP)  # the server stops reading: acks wait
+        try:
+            futures = [sink.emit_nowait(event(n)) for n in range(1, 6)]
+            wait_until(lambda: sink.stats().queue_depth == 3, 10, "two sent, three queued")
+            metrics.collect()
+            assert metrics.value("cellos.sink.in_flight") == 5
+            assert metrics.value("cellos.sink.queue.depth") == 3
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for future in futures:
+            future.result(timeout=30)
+        metrics.collect()
+    assert metrics.value("cellos.sink.in_flight") == 0
+    assert metrics.value("cellos.sink.queue.depth") == 0
+    assert metrics.ok_sent() == 6
+    assert metrics.value("cellos.sink.circuit.state") == 0
 
 
 def test_queue_depth_and_in_flight_gauges_follow_held_publishes(metrics: Metrics) -> None:
