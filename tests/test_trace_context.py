@@ -189,3 +189,16 @@ def test_the_current_span_is_found_whatever_the_runtime_context(
     with TRACER.start_as_current_span("request") as span:
         assert stamp(event(2)).extensions["traceparent"] == traceparent_of(span)
     assert "traceparent" not in stamp(event(3)).extensions
+
+
+def test_in_binary_mode_the_trace_context_travels_as_ce_headers(stream: StagedStream) -> None:
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("binary"), content_mode="binary"
+    ) as sink:
+        with TRACER.start_as_current_span("request") as span:
+            sink.emit(event(1))
+    (message,) = read_stream(stream.url, stream.name)
+    assert message.headers is not None
+    assert message.headers["ce-traceparent"] == traceparent_of(span)
+    stored = CloudEventV1.from_nats_message(message.headers, message.data)
+    assert stored.extensions["traceparent"] == traceparent_of(span)
