@@ -669,3 +669,45 @@ def test_a_version_1_spool_is_upgraded_and_its_events_replayed(
     db = sqlite3.connect(tmp_path / DB_FILE_NAME)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
+
+
+class MonotonicClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_replay_through_an_open_jetstream_circuit_waits_for_its_probe_schedule(
+    tmp_path: Path, clock: WallClock
+) -> None:
+    from cellos_sink_jetstream import Connected, Reconnecting
+
+    store = SpoolStore(str(tmp_path), 1 << 22)
+    fill(store, clock, 5)
+    breaker_clock = MonotonicClock()
+    publisher = InstantPublisher()
+    js = JetStreamEventSink.from_publisher(publisher, "cellos.events.x", clock=breaker_clock)
+    try:
+        replayer = Replayer(store, js, now=clock)
+        # Connecting in the background: the connect is the running probe. Replay waits for
+        # the transition (the cap only guards against a lost wake-up); nothing is sent.
+        permit = js._breaker.open_for_connect()
+        assert js.debug_state() == Reconnecting(0, 100.0)
+        assert replayer.run_once() == OPEN_CIRCUIT_POLL_SECONDS
+        # The connect failed: the next probe is due in 0.2 s; replay waits exactly that.
+        js._breaker.record_failure(permit)
+        assert replayer.run_once() == pytest.approx(0.2)
+        assert replayer.run_once() == pytest.approx(0.2)
+        assert publisher.received == []
+        # Due: replay's first send is the probe; its ack closes the circuit, the rest follow.
+        breaker_clock.now += 0.2
+        waits = [replayer.run_once() for _ in range(3)]
+        assert None in waits
+        assert isinstance(js.debug_state(), Connected)
+        ids = [headers["Nats-Msg-Id"] for _s, _p, headers in publisher.received]
+        assert ids == [f"evt-{n}" for n in range(5)]
+    finally:
+        js.close()
+        store.close()
