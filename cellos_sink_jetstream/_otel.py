@@ -354,8 +354,8 @@ def instrument(sink: Any, meter_provider: Any = None) -> None:
     "Observability" section has the table of instruments.
 
     Raises:
-        ConfigError: ``opentelemetry-api`` is not installed, or ``sink`` has no
-            ``stats()`` and ``emit()``.
+        ConfigError: ``opentelemetry-api`` is not installed, ``sink`` has no ``stats()``
+            and ``emit()``, or ``meter_provider`` is not a ``MeterProvider``.
     """
     try:
         from opentelemetry import metrics  # noqa: PLC0415  # optional dependency
@@ -366,6 +366,11 @@ def instrument(sink: Any, meter_provider: Any = None) -> None:
             f"instrument() needs a sink with stats() and emit(), got {type(sink).__name__}"
         )
     provider = metrics.get_meter_provider() if meter_provider is None else meter_provider
+    if not callable(getattr(provider, "get_meter", None)):
+        raise ConfigError(
+            f"meter_provider must be an OpenTelemetry MeterProvider (or None for the global "
+            f"one), got {type(provider).__name__}"
+        )
     attributes: dict[str, str] = {_SYSTEM: "nats"}
     holder = _find(sink, "subject")
     if holder is not None and isinstance(holder.subject, str):

@@ -456,6 +456,16 @@ def test_instrument_needs_a_sink_with_stats(metrics: Metrics) -> None:
         instrument(object(), metrics.provider)
 
 
+def test_instrument_needs_a_meter_provider() -> None:
+    with pytest.raises(ConfigError, match="meter_provider must be an OpenTelemetry"):
+        instrument(SinkWithEmptyStats(), "prometheus")
+
+
+class SinkWithEmptyStats(StatslessSink):
+    def stats(self) -> None:
+        return None
+
+
 def test_without_opentelemetry_the_import_works_and_instrument_says_what_to_install() -> None:
     script = textwrap.dedent(
         """
