@@ -14,6 +14,8 @@ import logging
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -475,3 +477,59 @@ def test_a_long_publish_cannot_hold_an_in_flight_slot_past_publish_timeout(
             assert not holder.done()
         # Resumed: the long publish still gets its ack, within its own 60 s.
         assert holder.result(30).seq > 0
+
+
+_DROP_AND_EXIT = """
+import gc, sys, logging
+from cellos_sink_jetstream import CloudEventV1, JetStreamEventSink
+logging.basicConfig(level=logging.WARNING)
+def ev(n):
+    return CloudEventV1(id=f"exit-drop-{n}", source="/misuse", type="cell.misuse")
+sink = JetStreamEventSink.connect(sys.argv[1], sys.argv[2], publish_timeout=5.0, exit_timeout=1.0)
+sink.emit(ev(0))
+print("READY", flush=True)
+sys.stdin.readline()  # the server is frozen now
+futures = [sink.emit_nowait(ev(n)) for n in range(1, 6)]
+del sink
+gc.collect()
+print("EXITING", flush=True)
+"""
+
+
+def test_a_dropped_sink_still_closing_at_exit_exits_quietly_in_time(
+    stream: StagedStream,
+) -> None:
+    """A sink collected without close() just before the interpreter exits, with events in
+    flight on a frozen server: its closing (on a daemon thread) neither holds up the exit
+    nor prints anything but the one WARNING."""
+    command = [sys.executable, "-c", _DROP_AND_EXIT, stream.url, stream.subject("exit")]
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    with subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as child:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        try:
+            assert child.stdout.readline() == b"READY\n"
+            with frozen(stream.server):
+                child.stdin.write(b"go\n")
+                child.stdin.close()
+                assert child.stdout.readline() == b"EXITING\n"
+                try:
+                    child.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    pytest.fail("the child did not exit while its dropped sink was closing")
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert child.stderr is not None
+        stderr = child.stderr.read().decode(errors="replace")
+    assert child.returncode == 0, stderr
+    assert stderr.count("garbage-collected without close()") == 1, stderr
+    for noise in ("Task was destroyed", "Exception ignored", "Traceback", "Fatal Python"):
+        assert noise not in stderr, stderr
