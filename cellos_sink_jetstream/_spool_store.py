@@ -381,14 +381,25 @@ class ReadOnlySpool:
     """
 
     def __init__(self, directory: str) -> None:
-        """Open ``directory``'s database read-only; :class:`SpoolError` when there is none."""
+        """Open ``directory``'s database read-only.
+
+        A directory without one reads as an empty spool; :class:`SpoolError` when the
+        directory does not exist or its database cannot be read.
+        """
         self.directory = os.path.abspath(directory)
         path = os.path.join(self.directory, DB_FILE_NAME)
+        if not os.path.isdir(self.directory):
+            raise SpoolError(f"no spool directory {self.directory}: it does not exist")
         if not os.path.isfile(path):
-            raise SpoolError(f"no spool in {self.directory} (no {DB_FILE_NAME} there)")
-        uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+            # A directory no sink has written to yet: an empty spool.
+            path = ":memory:"
+        uri = path if path == ":memory:" else f"file:{urllib.parse.quote(path)}?mode=ro"
         try:
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            if path == ":memory:":
+                for statement in _statements():
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.schema_version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.Error as exc:
             raise SpoolError(

@@ -142,6 +142,27 @@ def test_build_primary_event_sink_with_a_spool_dir_spools_until_nats_exists(
     assert stored_ids(server.url) == [f"early-{n}" for n in range(20)]
 
 
+def test_build_primary_event_sink_with_a_spool_dir_and_nats_up_sends_directly(
+    stream: StagedStream, tmp_path: Path
+) -> None:
+    env = {
+        "NATS_URL": stream.url,
+        "CELL_OS_SPOOL_DIR": str(tmp_path),
+        "CELL_OS_SPOOL_MAX_BYTES": "5000000",
+    }
+    sink = build_primary_event_sink(SUBJECT, env=env)
+    try:
+        assert isinstance(sink, SpoolingEventSink)
+        assert sink._store.max_bytes == 5_000_000
+        assert isinstance(sink.inner, JetStreamEventSink)
+        assert isinstance(sink.inner.debug_state(), Connected)
+        sink.emit(make_event("direct"))
+        assert sink.stats().spooled == 0
+    finally:
+        sink.close()
+    assert stored_ids(stream.url) == ["direct"]
+
+
 def test_the_spool_dir_keeps_require_and_noop_meaning_what_they_meant(tmp_path: Path) -> None:
     env = {
         "NATS_URL": "nats://127.0.0.1:1",

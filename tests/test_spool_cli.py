@@ -58,11 +58,18 @@ def test_status_shows_depth_dead_letters_and_the_lock_holder(
     assert shown["oldest"].endswith("s")
 
 
-def test_status_of_a_directory_without_a_spool_fails_clearly(
+def test_status_of_a_missing_directory_fails_clearly_and_of_an_unused_one_shows_it_empty(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["spool", "status", str(tmp_path / "nothing")]) == 1
-    assert "no spool in" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["spool", "status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "depth:        0" in out
+    assert "locked by:    none" in out
+    assert main(["spool", "export", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == ""
+    assert list(tmp_path.iterdir()) == []  # reading created nothing
 
 
 def test_export_prints_json_lines_oldest_first_and_removes_nothing(
