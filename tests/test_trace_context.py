@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-from cellos_sink_jetstream import CloudEventV1, ConfigError, InvalidEventError, JetStreamEventSink
+from cellos_sink_jetstream import (
+    CloudEventV1,
+    ConfigError,
+    InvalidEventError,
+    JetStreamEventSink,
+    SpoolingEventSink,
+)
 from cellos_sink_jetstream._trace import trace_stamper
 from tests._nats import read_stream
 from tests.conftest import StagedStream
@@ -202,3 +209,23 @@ def test_in_binary_mode_the_trace_context_travels_as_ce_headers(stream: StagedSt
     assert message.headers["ce-traceparent"] == traceparent_of(span)
     stored = CloudEventV1.from_nats_message(message.headers, message.data)
     assert stored.extensions["traceparent"] == traceparent_of(span)
+
+
+def test_an_event_that_waits_in_the_spool_keeps_the_callers_trace_context(
+    stream: StagedStream, tmp_path: Path
+) -> None:
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("spooled"), publish_timeout=2.0, retry_attempts=1
+    ) as inner:
+        spool = SpoolingEventSink(inner, tmp_path / "spool")
+        try:
+            stream.server.stop()
+            with TRACER.start_as_current_span("request") as span:
+                spool.emit(event(1))  # NATS is down: spooled
+            assert spool.stats().spooled == 1
+            stream.server.start()
+            assert spool.drain(timeout=60)  # replayed on the spool's thread, no span there
+        finally:
+            spool.close()
+    (stored,) = stored_bodies(stream).values()
+    assert stored["traceparent"] == traceparent_of(span)
