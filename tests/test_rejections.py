@@ -26,6 +26,8 @@ from cellos_sink_jetstream._breaker import BreakerState
 from tests._nats import read_stream, stage_stream
 from tests._polling import wait_until
 from tests.conftest import StagedStream
+from tests.fakes import GatedPublisher
+from tests.test_sink_unit import FakeClock, in_thread, make_event, open_circuit
 
 MAX_MSG_SIZE = 1024
 GOOD_THREADS = 4
@@ -164,3 +166,47 @@ def test_a_probe_refused_for_its_message_closes_the_circuit(stream: StagedStream
         assert refused[0].err_code == 10054
         assert sink.debug_state() == Connected()
         sink.emit(event("after"))
+
+
+# -- the breaker's side, with a fake publisher and a fake clock ---------------------------
+
+
+def rejected() -> MessageRejectedError:
+    return MessageRejectedError(
+        "fake: too large (code 400, err_code 10054)",
+        code=400,
+        err_code=10054,
+        description="message size exceeds maximum allowed",
+    )
+
+
+def test_a_rejection_is_not_retried_and_moves_nothing() -> None:
+    publisher = GatedPublisher()
+    with JetStreamEventSink.from_publisher(
+        publisher, "a.b", clock=FakeClock(), retry_attempts=3, publish_timeout=2.0
+    ) as sink:
+        pending = in_thread(lambda: sink.emit(make_event(1)))
+        publisher.next_call().fail(rejected())
+        with pytest.raises(MessageRejectedError):
+            pending.result(5)
+        assert publisher.calls.empty()  # not retried
+        assert sink.debug_state() == Connected()
+        assert sink.stats().failed == 1
+
+
+def test_a_probe_answered_with_a_rejection_closes_the_circuit() -> None:
+    clock = FakeClock()
+    publisher = GatedPublisher()
+    with JetStreamEventSink.from_publisher(
+        publisher, "a.b", clock=clock, retry_attempts=1, publish_timeout=2.0
+    ) as sink:
+        open_circuit(sink, publisher)
+        state = sink.debug_state()
+        assert isinstance(state, Reconnecting)
+        clock.now = state.next_after
+        probe = in_thread(lambda: sink.emit(make_event(2)))
+        publisher.next_call().fail(rejected())
+        with pytest.raises(MessageRejectedError):
+            probe.result(5)
+        assert sink.debug_state() == Connected()
+        assert sink.stats().probes == 1
