@@ -21,7 +21,13 @@ from typing import Any, Callable, Optional, Union
 from typing_extensions import Self
 
 from ._breaker import BreakerState
-from ._errors import ConfigError, InvalidSubjectError, ReentrantEmitError, SinkClosedError
+from ._errors import (
+    ConfigError,
+    InvalidSubjectError,
+    ReentrantEmitError,
+    SinkClosedError,
+    SpoolError,
+)
 from ._event import CloudEventV1, coerce_event
 from ._replay import (
     CALLER_ERRORS,
@@ -216,6 +222,7 @@ class SpoolingEventSink:
     # -- replay thread ---------------------------------------------------------------
 
     def _replay_loop(self) -> None:
+        failing = False
         while True:
             with self._cond:
                 if self._stopping:
@@ -229,8 +236,13 @@ class SpoolingEventSink:
             except Exception:
                 if self._closed:
                     return
-                logger.exception("spool replay failed; retrying in %gs", _REPLAY_ERROR_BACKOFF)
+                # The whole story once per streak of failures (a failing disk fails again).
+                log = logger.debug if failing else logger.exception
+                log("spool replay failed; retrying every %gs", _REPLAY_ERROR_BACKOFF)
+                failing = True
                 delay = _REPLAY_ERROR_BACKOFF
+            else:
+                failing = False
             with self._cond:
                 self._cond.notify_all()  # drain() callers re-check the depth
                 if delay is None:
@@ -258,7 +270,10 @@ class SpoolingEventSink:
 
     def stats(self) -> SpoolStats:
         """A snapshot of the spool's counters and the inner sink's :class:`SinkStats`."""
-        oldest = self._store.oldest_spooled_at()
+        try:
+            oldest = self._store.oldest_spooled_at()
+        except SpoolError:  # closed, or the disk fails: the counters still are worth having
+            oldest = None
         inner_stats: Any = getattr(self._inner, "stats", None)
         replayer = self._replayer
         return SpoolStats(

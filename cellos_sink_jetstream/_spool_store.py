@@ -24,7 +24,6 @@ import os
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -37,11 +36,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "DeadLetter",
     "SpoolStore",
-    "SpoolSummary",
     "SpooledEvent",
+    "check_version",
     "disk_size",
     "read_lock_holder",
-    "read_only",
+    "schema_statements",
+    "sqlite_reason",
 ]
 
 logger = logging.getLogger("cellos_sink_jetstream")
@@ -332,7 +332,7 @@ class SpoolStore:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise SpoolError(
-                f"reading the spool at {self.directory} failed ({_sqlite_reason(exc)})"
+                f"reading the spool at {self.directory} failed ({sqlite_reason(exc)})"
             ) from None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -350,112 +350,6 @@ class SpoolStore:
                 self._db.close()
             finally:
                 os.close(self._lock_fd)
-
-
-@dataclass(frozen=True)
-class SpoolSummary:
-    """What a spool directory holds, read without taking its lock.
-
-    Attributes:
-        depth: Events waiting for JetStream.
-        bytes: Size of the database and its WAL on disk.
-        oldest_spooled_at: Wall-clock time the oldest waiting event was spooled (or None).
-        dead_letters: Events in the dead-letter table.
-        holder_pid: The process that has the spool open, if any.
-        schema_version: The database's schema version.
-    """
-
-    depth: int
-    bytes: int
-    oldest_spooled_at: Optional[float]
-    dead_letters: int
-    holder_pid: Optional[int]
-    schema_version: int
-
-
-class ReadOnlySpool:
-    """A read-only view of a spool directory that another process may be writing to.
-
-    Takes no lock and writes nothing: SQLite's WAL lets it read a consistent snapshot
-    beside the writer.
-    """
-
-    def __init__(self, directory: str) -> None:
-        """Open ``directory``'s database read-only.
-
-        A directory without one reads as an empty spool; :class:`SpoolError` when the
-        directory does not exist or its database cannot be read.
-        """
-        self.directory = os.path.abspath(directory)
-        path = os.path.join(self.directory, DB_FILE_NAME)
-        if not os.path.isdir(self.directory):
-            raise SpoolError(f"no spool directory {self.directory}: it does not exist")
-        if not os.path.isfile(path):
-            # A directory no sink has written to yet: an empty spool.
-            path = ":memory:"
-        uri = path if path == ":memory:" else f"file:{urllib.parse.quote(path)}?mode=ro"
-        try:
-            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            if path == ":memory:":
-                for statement in _statements():
-                    self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self.schema_version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        except sqlite3.Error as exc:
-            raise SpoolError(
-                f"cannot read the spool database {path} ({_sqlite_reason(exc)}); if it is "
-                f"corrupt, move it aside"
-            ) from None
-        try:
-            _check_version(path, self.schema_version)
-        except SpoolError:
-            self._db.close()
-            raise
-
-    def summary(self) -> SpoolSummary:
-        """Depth, size, oldest event, dead letters, lock holder."""
-        depth, oldest = self._query("SELECT count(*), min(spooled_at) FROM spool")[0]
-        dead = self._query("SELECT count(*) FROM dead_letter")[0][0]
-        return SpoolSummary(
-            depth=int(depth),
-            bytes=disk_size(self.directory),
-            oldest_spooled_at=None if oldest is None else float(oldest),
-            dead_letters=int(dead),
-            holder_pid=read_lock_holder(self.directory),
-            schema_version=self.schema_version,
-        )
-
-    def events(self, *, dead: bool = False, batch: int = 1000) -> Iterator[bytes]:
-        """The spooled (or dead-lettered) events' CloudEvents JSON, oldest first."""
-        table = "dead_letter" if dead else "spool"
-        after = 0
-        while True:
-            rows = self._query(
-                f"SELECT seq, payload FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608 - a fixed table name
-                (after, batch),
-            )
-            if not rows:
-                return
-            for seq, payload in rows:
-                after = seq
-                yield bytes(payload)
-
-    def close(self) -> None:
-        """Close the database."""
-        self._db.close()
-
-    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
-        try:
-            return self._db.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise SpoolError(
-                f"reading the spool at {self.directory} failed ({_sqlite_reason(exc)})"
-            ) from None
-
-
-def read_only(directory: str) -> ReadOnlySpool:
-    """Open ``directory``'s spool for reading only (see :class:`ReadOnlySpool`)."""
-    return ReadOnlySpool(directory)
 
 
 def disk_size(directory: str) -> int:
@@ -528,10 +422,10 @@ def _open_database(path: str) -> sqlite3.Connection:
         # Autocommit off by hand: transactions are opened by "with db:" only.
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     except sqlite3.Error as exc:
-        raise SpoolError(f"cannot open the spool database {path} ({_sqlite_reason(exc)})") from None
+        raise SpoolError(f"cannot open the spool database {path} ({sqlite_reason(exc)})") from None
     try:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        _check_version(path, version)
+        check_version(path, version)
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         _check(str(mode).lower() == "wal", f"the spool database {path} cannot use WAL mode")
         # FULL: every commit fsyncs the WAL, so a commit that returned survives a crash.
@@ -542,7 +436,7 @@ def _open_database(path: str) -> sqlite3.Connection:
             db.execute("BEGIN IMMEDIATE")
             if version == 1:
                 db.execute("ALTER TABLE spool ADD COLUMN tenant TEXT")
-            for statement in _statements():
+            for statement in schema_statements():
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
@@ -560,13 +454,14 @@ def _open_database(path: str) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         db.close()
         raise SpoolError(
-            f"cannot use the spool database {path} ({_sqlite_reason(exc)}); if it is corrupt, "
+            f"cannot use the spool database {path} ({sqlite_reason(exc)}); if it is corrupt, "
             f"move it aside and start with an empty directory"
         ) from None
     return db
 
 
-def _check_version(path: str, version: int) -> None:
+def check_version(path: str, version: int) -> None:
+    """Raise :class:`SpoolError`, naming both versions, for a schema newer than ours."""
     if version > SCHEMA_VERSION:
         raise SpoolError(
             f"the spool database {path} has schema version {version}, newer than version "
@@ -595,17 +490,18 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def _statements() -> list[str]:
+def schema_statements() -> list[str]:
     return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
 
 
-def _sqlite_reason(exc: sqlite3.Error) -> str:
+def sqlite_reason(exc: sqlite3.Error) -> str:
+    """SQLite's own words for an error, short, for our messages."""
     return str(exc)[:200] or type(exc).__name__
 
 
 def _write_error(directory: str, exc: sqlite3.Error) -> SpoolError:
     return SpoolError(
-        f"writing to the spool at {directory} failed ({_sqlite_reason(exc)}); the event was "
+        f"writing to the spool at {directory} failed ({sqlite_reason(exc)}); the event was "
         f"not stored. Check the disk (full? read-only? I/O errors?)"
     )
 

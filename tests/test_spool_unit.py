@@ -526,6 +526,7 @@ def test_close_is_idempotent_closes_the_inner_sink_and_keeps_the_spool(
     sink.close()
     sink.close()
     assert inner.closed
+    assert sink.stats().depth == 1  # still readable after close
     with pytest.raises(SinkClosedError):
         sink.emit(make_event(2))
     again = ScriptedSink()

@@ -12,7 +12,7 @@ import sys
 import time
 
 from .._spool import SpoolingEventSink
-from .._spool_store import read_only
+from .._spool_reader import read_only
 from ._exit_status import EXIT_FAILURE, EXIT_OK
 from ._output import PROG, err, format_bytes, is_tty, out, plural
 from ._target import connect_sink_in_background, option, target_from_args
