@@ -101,8 +101,8 @@ class SpoolingEventSink:
         self,
         inner: EventSink,
         path: Union[str, os.PathLike[str]],
-        *,
         max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        *,
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
         """Open (or create) the spool in directory ``path`` and start replaying it.
