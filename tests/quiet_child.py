@@ -1,8 +1,10 @@
 """A child process for ``tests/test_quiet_failures.py``: a sink meets a peer that never PONGs.
 
-Run as ``python -m tests.quiet_child MODE URL`` from the project root. Log records go to
-stdout as ``RECORD LEVEL logger: message`` (tracebacks included), so that stderr holds
-only what bypasses logging. The sink is never closed.
+Run as ``python -m tests.quiet_child MODE URL [LOGGING]`` from the project root. With
+LOGGING ``stdout`` (the default) log records go to stdout as ``RECORD LEVEL logger:
+message`` (tracebacks included), so that stderr holds only what bypasses logging; with
+``none`` logging is left unconfigured, as in a program that never set it up (Python then
+prints warnings and errors on stderr). The sink is never closed.
 
 - MODE ``connect``: ``connect()`` to a peer that hangs up instead of answering PING (it
   must raise ``ConnectError``), then wait for one line on stdin and exit.
@@ -20,11 +22,14 @@ from cellos_sink_jetstream import CloudEventV1, ConnectError, JetStreamEventSink
 
 
 def main(argv: list[str]) -> int:
-    mode, url = argv
-    logging.basicConfig(
-        level=logging.DEBUG, stream=sys.stdout, format="RECORD %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("asyncio").setLevel(logging.INFO)  # not its selector debug lines
+    mode, url, *rest = argv
+    if rest != ["none"]:
+        logging.basicConfig(
+            level=logging.DEBUG,
+            stream=sys.stdout,
+            format="RECORD %(levelname)s %(name)s: %(message)s",
+        )
+        logging.getLogger("asyncio").setLevel(logging.INFO)  # not its selector debug lines
     if mode == "connect":
         try:
             JetStreamEventSink.connect(url, "cellos.events.quiet", connect_timeout=1.0, env={})

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests._nats import stage_stream
 from tests._polling import wait_until
 from tests.conftest import ServerFactory
@@ -20,9 +22,9 @@ from tests.test_connect_handshake import FakePeer, close_without_pong
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_child(mode: str, url: str) -> subprocess.Popen[str]:
+def start_child(mode: str, url: str, logging: str = "stdout") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.quiet_child", mode, url],
+        [sys.executable, "-m", "tests.quiet_child", mode, url, logging],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -56,12 +58,13 @@ def test_a_refused_handshake_prints_nothing_and_logs_one_record() -> None:
     assert "did not answer PING with PONG" in record
 
 
+@pytest.mark.parametrize("logging", ["stdout", "none"])
 def test_a_peer_without_pong_after_a_restart_prints_nothing(
-    nats_server_factory: ServerFactory,
+    nats_server_factory: ServerFactory, logging: str
 ) -> None:
     server = nats_server_factory()
     stage_stream(server.url, "CELLOS", ["cellos.events.>"])
-    child = start_child("reconnect", f"nats://127.0.0.1:{server.port}")
+    child = start_child("reconnect", f"nats://127.0.0.1:{server.port}", logging)
     assert child.stdout is not None
     try:
         while "READY" not in (line := child.stdout.readline()):
