@@ -16,6 +16,7 @@ from cellos_sink_jetstream import (
     EventSink,
     FailureCause,
     JetStreamEventSink,
+    MessageRejectedError,
     NoopEventSink,
     PubAck,
     PublishTimeoutError,
@@ -80,6 +81,11 @@ def supervisor() -> None:
             del wait
         except PublishTimeoutError:
             sink.emit(event)  # same id: deduplicated by JetStream
+        except MessageRejectedError as rejected:  # this event only: dead-letter it
+            status: Optional[int] = rejected.code
+            number: Optional[int] = rejected.err_code
+            said: str = rejected.description
+            del status, number, said
         retried: PubAck = with_retry(
             3, lambda: sink.publish(event), retry_on=(CircuitOpenError,), max_delay=5.0
         )
