@@ -4,9 +4,11 @@ Hypothesis drives the public API of one sink per example with arbitrary values: 
 of every kind (NaN, infinities, huge, tiny, negative, not numbers), sizes (queue and
 in-flight limits, payloads around the server's max_payload), events (valid or not, as
 objects or mappings) and done-callbacks that raise or call back into the sink from its
-own loop thread. Each call must succeed or raise a :class:`SinkError`, and after every
-step a normal ``emit()`` must still be acknowledged by the live server within its bound.
-One server serves the whole module, so the examples stay cheap.
+own loop thread, and ``on_transition`` callbacks that do the same (tenants whose subject
+no stream captures open the circuit). Each call must succeed or raise a
+:class:`SinkError`, and after every step a normal ``emit()`` must still be acknowledged by
+the live server within its bound (once the circuit's next probe is due, if a step opened
+it). One server serves the whole module, so the examples stay cheap.
 """
 
 from __future__ import annotations
@@ -19,17 +21,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cellos_sink_jetstream import (
     CloudEventV1,
     ConfigError,
     JetStreamEventSink,
+    Reconnecting,
     SinkError,
 )
 from cellos_sink_jetstream._server import NatsServer
-from tests._nats import STREAM_NAME, SUBJECT_PREFIX, stage_stream
+from tests._nats import stage_stream
+from tests._polling import wait_until
+
+# Only these tenants' subjects are captured by a stream: any other tenant id an event
+# carries gets "no stream", which opens the circuit and runs on_transition.
+SUBJECT = "misuse.{tenantId}"
+CAPTURED = ["misuse.acme", "misuse._default"]
 
 PUBLISH_TIMEOUT = 5.0
 # The documented bound of emit() is publish_timeout + 0.25 s; the sink enforces it itself
@@ -45,7 +54,7 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = NatsServer(work_dir=Path(tmp_path_factory.mktemp("misuse-property")))
     try:
         server.start()
-        stage_stream(server.url, STREAM_NAME, [f"{SUBJECT_PREFIX}.>"], duplicate_window=120.0)
+        stage_stream(server.url, "MISUSE", CAPTURED, duplicate_window=120.0)
         yield server.url
     finally:
         server.close()
@@ -86,15 +95,18 @@ json_values = st.recursive(
 def events(draw: st.DrawFn) -> Any:
     """A CloudEventV1 when the model accepts the attributes, else the raw mapping."""
     attributes: dict[str, Any] = {
-        "specversion": draw(st.sampled_from(["1.0", "1.0", "0.3", ""])),
+        # Mostly valid, so that the valid paths (and the circuit) get exercised too.
+        "specversion": draw(st.sampled_from(["1.0", "1.0", "1.0", "0.3", ""])),
         "id": draw(st.one_of(st.just(f"prop-{next(_ids)}"), st.text(max_size=12))),
-        "source": draw(st.sampled_from(["/misuse", "", "urn:x"])),
-        "type": draw(st.sampled_from(["cell.misuse", ""])),
+        "source": draw(st.sampled_from(["/misuse", "/misuse", "urn:x", ""])),
+        "type": draw(st.sampled_from(["cell.misuse", "cell.misuse", ""])),
     }
     if draw(st.booleans()):
         attributes["data"] = draw(json_values)
     if draw(st.booleans()):
-        attributes["tenantid"] = draw(st.one_of(st.just("acme"), st.text(max_size=6)))
+        # "ghost": a subject no stream captures (the circuit opens); text: anything.
+        tenants = st.sampled_from(["acme", "ghost"]) | st.text(max_size=6)
+        attributes["tenantid"] = draw(tenants)
     blob = draw(st.sampled_from([0, 0, 0, 100_000, 1_048_000, 1_100_000]))
     if blob:
         attributes["data"] = {"blob": "x" * blob}
@@ -127,13 +139,13 @@ def _record(got: list[BaseException], call: Callable[[], object]) -> None:
         got.append(exc)
 
 
-def _plain_event() -> CloudEventV1:
+def _plain_event(tenant: str = "acme") -> CloudEventV1:
     return CloudEventV1(
         id=f"plain-{next(_ids)}",
         source="/misuse",
         type="cell.misuse",
         data={"n": 1},
-        extensions={"tenantid": "acme"},
+        extensions={"tenantid": tenant},
     )
 
 
@@ -143,10 +155,14 @@ steps = st.one_of(
     st.tuples(st.just("flush"), timeouts),
     st.tuples(st.just("close"), bad_timeouts),
     st.tuples(st.just("emit"), events()),
+    # A valid event for a tenant no stream captures: the circuit opens, callbacks run.
+    st.tuples(st.just("emit"), st.builds(lambda: _plain_event("ghost"))),
 )
 
 
 def _normal_emit_succeeds(sink: JetStreamEventSink) -> None:
+    if isinstance(sink.state, Reconnecting):  # a step opened the circuit: await the probe
+        wait_until(lambda: sink._breaker.retry_after() == 0, 30, "no probe became due")
     started = time.monotonic()
     sink.emit(_plain_event())  # raises unless acknowledged within publish_timeout + 0.25 s
     took = time.monotonic() - started
@@ -158,21 +174,44 @@ def _normal_emit_succeeds(sink: JetStreamEventSink) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(max_in_flight=sizes, max_queue=sizes, script=st.lists(steps, min_size=1, max_size=6))
+@given(
+    max_in_flight=sizes,
+    max_queue=sizes,
+    on_transition=st.sampled_from(sorted(callbacks)),
+    script=st.lists(steps, min_size=1, max_size=6),
+)
 def test_no_argument_leaves_the_sink_unable_to_publish(
-    live_url: str, max_in_flight: Any, max_queue: Any, script: list[tuple[Any, ...]]
+    live_url: str,
+    max_in_flight: Any,
+    max_queue: Any,
+    on_transition: str,
+    script: list[tuple[Any, ...]],
 ) -> None:
-    subject = f"{SUBJECT_PREFIX}.{{tenantId}}"
     options = {"max_in_flight": max_in_flight, "max_queue": max_queue}
     options = {k: v for k, v in options.items() if v is not None}
+    from_callbacks: list[BaseException] = []
+    sinks: list[JetStreamEventSink] = []  # the callback's way back to the sink
+
+    transitions: list[object] = []
+
+    def transition(old: object, new: object) -> None:
+        transitions.append(new)
+        callbacks[on_transition](sinks[0], from_callbacks)(None)
+
     try:
         sink = JetStreamEventSink.connect(
-            live_url, subject, publish_timeout=PUBLISH_TIMEOUT, **options
+            live_url,
+            SUBJECT,
+            publish_timeout=PUBLISH_TIMEOUT,
+            on_transition=transition,
+            **options,
         )
     except ConfigError:
-        sink = JetStreamEventSink.connect(live_url, subject, publish_timeout=PUBLISH_TIMEOUT)
+        sink = JetStreamEventSink.connect(
+            live_url, SUBJECT, publish_timeout=PUBLISH_TIMEOUT, on_transition=transition
+        )
+    sinks.append(sink)
     futures: list[concurrent.futures.Future[Any]] = []
-    from_callbacks: list[BaseException] = []
     try:
         for step in script:
             try:
@@ -199,5 +238,8 @@ def test_no_argument_leaves_the_sink_unable_to_publish(
             error = future.exception(0)
             assert error is None or isinstance(error, SinkError), repr(error)
         assert all(isinstance(e, SinkError) for e in from_callbacks), from_callbacks
+        # Shown by --hypothesis-show-statistics: how often the circuit's callback ran.
+        event(f"on_transition ran: {bool(transitions)}")
     finally:
         sink.close(timeout=PUBLISH_TIMEOUT)
+        sinks.clear()
