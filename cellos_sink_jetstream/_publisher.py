@@ -46,6 +46,15 @@ _JS_API_STREAM_INFO = "$JS.API.STREAM.INFO."
 _CHECK_REPLY = "connect-check"
 _CHECK_REPLY_BYTES = _CHECK_REPLY.encode()
 _CHECK_DENIED = "denied"
+# Connection errors that only say the socket went away; a connect error names an earlier,
+# more telling one when there is one.
+_TRANSPORT_HICCUPS = (
+    ConnectionResetError,
+    BrokenPipeError,
+    asyncio.TimeoutError,
+    nats.errors.StaleConnectionError,  # UnexpectedEOF included
+    nats.errors.ConnectionClosedError,
+)
 # nats-py's errors for "not written: no usable connection right now", in NATS terms.
 _CONNECTION_DOWN: dict[type[Exception], str] = {
     # publish_now raises it whenever the client is not connected (see there).
@@ -117,6 +126,9 @@ class NatsPublisher:
 
         secrets = secrets_in(options.servers)
         last_errors: list[Exception] = []
+        # The last error that says more than "the socket went away" (the server's -ERR,
+        # a TLS failure): a rejected login is followed by a reset on the next attempt.
+        telling_errors: list[Exception] = []
         # Set once every server refused the initial connection: nothing listens there,
         # and nats-py would keep retrying until connect_timeout.
         refused_everywhere = asyncio.Event()
@@ -133,6 +145,8 @@ class NatsPublisher:
                 publisher._answer_check(_CHECK_DENIED)
                 return
             last_errors[:] = [exc]
+            if not isinstance(exc, _TRANSPORT_HICCUPS):
+                telling_errors[:] = [exc]
             if isinstance(exc, ConnectionRefusedError) and next(refusals) >= len(options.servers):
                 refused_everywhere.set()
             logger.debug(
@@ -183,7 +197,8 @@ class NatsPublisher:
                     "that port?)"
                 )
             else:
-                cause = last_errors[-1] if last_errors else exc
+                earlier = telling_errors or last_errors
+                cause = earlier[-1] if earlier else exc
                 reason = (
                     "timed out"
                     if isinstance(cause, asyncio.TimeoutError)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import json
 import logging
 import socket
+import struct
 import threading
 import time
 from collections import defaultdict
@@ -33,6 +35,7 @@ from tests._nats import TLSFiles, read_stream, stage_stream
 from tests._polling import wait_until
 from tests._servers import NatsServer
 from tests.conftest import ServerFactory, StagedStream
+from tests.test_connect_handshake import FakePeer
 
 
 def event(n: int, prefix: str = "evt", **kwargs: Any) -> CloudEventV1:
@@ -398,6 +401,26 @@ def test_a_refused_connection_is_reported_as_refused_at_once(
     messages = [record.getMessage() for record in caplog.records]
     assert any("could not connect to NATS" in m and "refused" in m for m in messages), messages
     assert not any("disconnected from NATS" in m for m in messages), messages
+
+
+def test_a_rejected_login_is_named_even_when_later_attempts_only_see_a_hang_up() -> None:
+    # The real server does this now and then (tests/test_redaction.py, 1 run in 6): it
+    # rejects the login, the client's next attempt meets a reset; the rejection must win.
+    async def reject_then_hang_up(reader: asyncio.StreamReader, writer: Any) -> None:
+        if peer.connections == 1:
+            writer.write(b"-ERR 'Authorization Violation'\r\n")
+            await writer.drain()
+            return
+        # Later attempts: reset the connection (SO_LINGER 0 makes close() send RST).
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        writer.transport.abort()
+
+    with FakePeer(reject_then_hang_up) as peer, pytest.raises(ConnectError) as info:
+        JetStreamEventSink.connect(f"nats://u:pw@127.0.0.1:{peer.port}", "a.b", connect_timeout=1.5)
+    assert peer.connections >= 2, "the client gave up after one attempt: nothing to prove"
+    assert "authorization violation" in str(info.value).lower()
 
 
 def test_one_refusing_server_of_two_does_not_stop_connect(stream: StagedStream) -> None:
