@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    python benchmarks/bench.py            # full run, about 5 minutes on 2 cores
-    python benchmarks/bench.py --quick    # about 1.5 minutes
+    python benchmarks/bench.py            # full run, 2.5-4 minutes on 2 busy cores
+    python benchmarks/bench.py --quick    # under a minute
     python benchmarks/bench.py --json out.json
 
 What is measured, with ~400-byte CloudEvents of a supervisor lifecycle event (every event
