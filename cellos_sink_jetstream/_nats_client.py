@@ -189,10 +189,21 @@ async def close_quietly(nc: Client, timeout: float = _CLOSE_TIMEOUT_SECONDS) -> 
         abort_transport(nc)
     except asyncio.CancelledError:
         abort_transport(nc)
-        raise
+        if _being_cancelled():
+            raise
+        # Python 3.13's StreamWriter.wait_closed() raises CancelledError when the peer
+        # hung up mid-handshake: that is the connection's end, not ours.
+        logger.debug("closing the NATS connection: the peer had already hung up")
     except Exception as exc:  # closing must not mask the reason we are closing for
         logger.debug("ignored error while closing the NATS connection: %s", type(exc).__name__)
         abort_transport(nc)
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task itself is being cancelled (always assumed before 3.11)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
 
 
 #: Most bytes asyncio reads from the socket at once. Its default, 256 KiB, is above
