@@ -223,6 +223,15 @@ def _check_id(value: object) -> None:
         )
 
 
+def _int_shown(value: int) -> str:
+    # Writing an int longer than sys.get_int_max_str_digits() as text raises ValueError,
+    # so a long one is described by its size instead.
+    if value.bit_length() > 64:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"{'-' if value < 0 else ''}<an int of about {digits} digits>"
+    return str(value)
+
+
 def _check_extensions(extensions: object) -> dict[str, ExtensionValue]:
     """Validate ``extensions`` and return a private copy of it."""
     if not isinstance(extensions, Mapping):
@@ -256,7 +265,7 @@ def _check_extensions(extensions: object) -> dict[str, ExtensionValue]:
             if not _INT32_MIN <= value <= _INT32_MAX:
                 raise InvalidEventError(
                     name,
-                    f"integer {value} is outside the CloudEvents Integer range "
+                    f"integer {_int_shown(value)} is outside the CloudEvents Integer range "
                     f"[{_INT32_MIN}, {_INT32_MAX}]; send it as a str instead",
                 )
         elif isinstance(value, str):

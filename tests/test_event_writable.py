@@ -106,6 +106,27 @@ def test_an_int_too_long_to_write_is_refused_at_construction(
     assert "str" in message  # what to do: send it as a str
 
 
+@pytest.mark.parametrize("sign", [1, -1])
+def test_an_extension_int_too_long_to_write_is_refused_naming_the_extension(
+    int_digits_limit: int, sign: int
+) -> None:
+    # Outside int32 whatever its length; over the digits limit, writing the value into
+    # the message must not itself fail with the interpreter's bare ValueError.
+    huge = sign * 10**5000
+    makers: list[Callable[[], CloudEventV1]] = [
+        lambda: CloudEventV1.create("t", "/s", extensions={"ext1": huge}),
+        lambda: CloudEventV1.from_dict(
+            {"specversion": "1.0", "id": "1", "type": "t", "source": "/s", "ext1": huge}
+        ),
+        lambda: CloudEventV1(id="1", source="/s", type="t", extensions={"ext1": huge}),
+    ]
+    for make in makers:
+        with pytest.raises(InvalidEventError) as info:
+            make()
+        assert info.value.attribute == "ext1"
+        assert "CloudEvents Integer range" in str(info.value)
+
+
 def test_the_int_limit_is_the_interpreters_current_one(int_digits_limit: int) -> None:
     if int_digits_limit == 0:
         round_trips(with_data_direct(10**5000))
