@@ -127,18 +127,25 @@ class BlockingRequest(PublishRequest):
     leaves nothing for the garbage collector to trace.
     """
 
-    __slots__ = ("_abandoned", "_ack", "_done", "_error")
+    __slots__ = ("_ack", "_done", "_error", "_unclaimed", "given_up_unsent")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # as PublishRequest
         super().__init__(*args, **kwargs)
         self._done = threading.Lock()
         self._done.acquire()
-        self._abandoned = False
+        # One token, popped by whoever comes first: the loop about to send, or the caller
+        # giving up. list.pop() is atomic, so exactly one of them wins, without a lock.
+        self._unclaimed = [True]
+        #: Set when the caller gave up before the loop took the request: never sent.
+        self.given_up_unsent = False
         self._ack: Optional[PubAck] = None
         self._error: Optional[BaseException] = None
 
     def claim(self) -> bool:
-        return not self._abandoned
+        try:
+            return self._unclaimed.pop()
+        except IndexError:
+            return False
 
     def resolve(self, ack: Optional[PubAck], error: Optional[BaseException]) -> None:
         self._ack, self._error = ack, error
@@ -147,11 +154,12 @@ class BlockingRequest(PublishRequest):
     def wait(self, timeout: float) -> bool:
         """Block until the outcome is in; ``False`` after ``timeout`` (then it is abandoned).
 
-        An abandoned request that is still queued is not sent.
+        An abandoned request that is still queued is not sent (:attr:`given_up_unsent`).
         """
         if self._done.acquire(timeout=timeout):
             return True
-        self._abandoned = True
+        with contextlib.suppress(IndexError):
+            self.given_up_unsent = self._unclaimed.pop()
         return False
 
     def outcome(self) -> PubAck:

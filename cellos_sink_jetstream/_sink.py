@@ -29,6 +29,7 @@ from ._breaker import BreakerState, CircuitBreaker, Connected, Permit
 from ._config import ENV_CA_FILE, redact_url, resolve_servers
 from ._error_type import error_type
 from ._errors import (
+    BackpressureError,
     CircuitOpenError,
     ConfigError,
     FailureCause,
@@ -405,6 +406,7 @@ class JetStreamEventSink:
             InvalidSubjectError: its tenant id is unsafe (nothing sent; breaker untouched).
             CircuitOpenError: NATS is down; nothing sent, retry after ``retry_after``.
             PublishTimeoutError: no ack within ``publish_timeout``; it may be stored.
+            BackpressureError: it waited in the queue until the deadline; never sent.
             PublishError: JetStream refused or could not store it.
             SinkClosedError: the sink is closed.
             ReentrantEmitError: called from the sink's own loop thread.
@@ -436,6 +438,11 @@ class JetStreamEventSink:
     def _await_outcome(request: BlockingRequest, timeout: float) -> PubAck:
         remaining = request.deadline - time.monotonic()
         if not request.wait(max(0.0, remaining) + _CALLER_GRACE_SECONDS):
+            if request.given_up_unsent:
+                raise BackpressureError(
+                    f"the event waited in the sink's queue for {timeout:g}s and was not sent; "
+                    f"NATS is slower than the producers: slow down, or raise the timeout"
+                )
             raise PublishTimeoutError(
                 f"no JetStream ack within {timeout:g}s; the event may still be stored, "
                 f"re-emit it (same id) to be sure"

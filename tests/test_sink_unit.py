@@ -359,8 +359,9 @@ def test_an_emit_that_gave_up_while_queued_is_never_sent() -> None:
     ) as sink:
         blocker = sink.emit_nowait(make_event(0))
         blocking_call = publisher.next_call()  # holds the only in-flight slot
-        with pytest.raises(PublishTimeoutError):
-            sink.publish(make_event(1), timeout=0.05)  # waits in the queue, then gives up
+        # Waits in the queue, then gives up: never sent, so not "outcome unknown".
+        with pytest.raises(BackpressureError):
+            sink.publish(make_event(1), timeout=0.05)
         blocking_call.ack(seq=1)
         assert blocker.result(5).seq == 1
         assert sink.flush(5)
