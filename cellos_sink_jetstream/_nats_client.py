@@ -3,6 +3,11 @@
 nats-py offers no public hook for what the sink needs on its hot path and at the TLS
 handshake, so :class:`SinkClient` overrides or reads a few of its internals. Nothing else
 in this package touches a nats-py name that starts with an underscore.
+
+A nats-py release may rename any of them. :func:`new_client` therefore checks first that
+each one is still there with the expected shape (:func:`private_api_misfit`); when one is
+not, it logs one WARNING and returns a :class:`PublicApiClient`, which offers the same
+methods built on nats-py's public API only: slower, never wrong.
 """
 
 from __future__ import annotations
@@ -10,17 +15,34 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Callable, Optional
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Union
 
+import nats.aio.client
+import nats.aio.subscription
+import nats.aio.transport
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from ._errors import ConnectError
+from ._headers import encode_header_block
 
 __all__ = [
     "CAN_SKIP_SUBJECT_VALIDATION",
+    "FORCE_PUBLIC_API_ENV",
+    "NatsClient",
+    "PublicApiClient",
+    "READ_SIZE",
     "ReplyHandler",
     "SinkClient",
+    "WriteErrorHandler",
     "abort_transport",
     "close_quietly",
+    "new_client",
+    "private_api_misfit",
 ]
 
 logger = logging.getLogger("cellos_sink_jetstream")
@@ -121,14 +143,19 @@ class SinkClient(Client):
         command: bytes = super()._connect_command()
         return command
 
-    def publish_now(self, subject: str, reply: str, payload: bytes, header_block: bytes) -> None:
-        """What ``publish()`` does, for an encoded header block and without a coroutine.
+    def publish_now(
+        self, subject: str, reply: str, payload: bytes, headers: Mapping[str, str]
+    ) -> None:
+        """What ``publish()`` does, without a coroutine and with pre-encoded headers.
+
+        Raises ``ValueError`` for a header nats-py would refuse or rewrite.
 
         The same checks and errors and the same write buffer; :meth:`flush_now` writes
         it out, once per batch. One change: nothing is buffered while disconnected (the
         sink connects with ``pending_size=0`` anyway), so a publish then raises
         ``OutboundBufferLimitError`` at once.
         """
+        header_block = encode_header_block(headers)
         if self.is_closed:
             raise nats.errors.ConnectionClosedError
         if self.is_draining_pubs:
@@ -220,9 +247,179 @@ def _limit_read_size(socket_transport: object) -> None:
 
 
 def abort_transport(nc: Client) -> None:
+    """Drop the socket at once, unsent data and all (a no-op on the public-API path)."""
+    if not isinstance(nc, SinkClient):
+        return
     # nats-py offers no abort; its transport wraps an asyncio StreamWriter whose
     # transport can drop the socket at once, unsent data and all.
     writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
     transport = getattr(writer, "transport", None)
     if transport is not None:
         transport.abort()
+
+
+#: A private test hook, not an option: set to ``1``, it makes :func:`private_api_misfit`
+#: fail, so that the test suite can prove the public-API path against a real server
+#: (tox env ``publicpath``). Read nowhere else.
+FORCE_PUBLIC_API_ENV = "CELLOS_SINK_FORCE_PUBLIC_NATS_API"
+
+
+def _shape_of_nats_py() -> Optional[str]:
+    """The first private name :class:`SinkClient` relies on that is missing or changed."""
+
+    def params(function: Any) -> Optional[list[str]]:
+        try:
+            return list(inspect.signature(function).parameters)[1:]
+        except (TypeError, ValueError):
+            return None
+
+    methods = [
+        ("Client._process_msg", True, ["sid", "subject", "reply", "data", "headers"]),
+        ("Client._process_connect_init", True, []),
+        ("Client._connect_command", False, []),
+    ]
+    for name, is_coroutine, expected in methods:
+        method = getattr(Client, name.split(".")[1], None)
+        if (
+            method is None
+            or inspect.iscoroutinefunction(method) != is_coroutine
+            or params(method) != expected
+        ):
+            return name
+    client = Client()
+    attributes: list[tuple[str, Union[type, tuple[type, ...]]]] = [
+        ("_pending", list),
+        ("_pending_data_size", int),
+        ("_max_payload", int),
+        ("_flusher_task", (type(None), asyncio.Task)),
+        ("_flush_queue", (type(None), asyncio.Queue)),
+        ("_reading_task", (type(None), asyncio.Task)),
+        ("_ping_interval_task", (type(None), asyncio.Task)),
+        ("_transport", (type(None), nats.aio.transport.Transport)),
+    ]
+    for attribute, kinds in attributes:
+        if not isinstance(getattr(client, attribute, _MISSING), kinds):
+            return f"Client.{attribute}"
+    if not callable(getattr(nats.aio.transport.Transport, "writelines", None)):
+        return "Transport.writelines"
+    if not hasattr(nats.aio.transport.TcpTransport(), "_io_writer"):  # type: ignore[no-untyped-call]
+        return "TcpTransport._io_writer"
+    if getattr(nats.aio.subscription.Subscription(client, id=7), "_id", None) != 7:
+        return "Subscription._id"
+    return None
+
+
+_MISSING = object()
+_shape_lock = threading.Lock()
+_shape: list[Optional[str]] = []  # the check's result, once it ran
+_warned: list[str] = []  # the misfits already logged (one WARNING per process)
+
+
+def private_api_misfit() -> Optional[str]:
+    """The private nats-py name the fast path needs that this nats-py lacks, or ``None``."""
+    if os.environ.get(FORCE_PUBLIC_API_ENV) == "1":
+        return f"(none: the fit check was forced to fail by {FORCE_PUBLIC_API_ENV}=1)"
+    with _shape_lock:
+        if not _shape:
+            try:
+                _shape.append(_shape_of_nats_py())
+            except Exception as exc:  # a constructor changed shape: that is a misfit too
+                _shape.append(f"nats-py's internals ({type(exc).__name__} while checking)")
+        return _shape[0]
+
+
+def nats_py_version() -> str:
+    """The installed nats-py's version."""
+    return str(getattr(nats.aio.client, "__version__", "unknown"))
+
+
+#: Told a message the public-API path could not write: its reply subject, the error.
+WriteErrorHandler = Callable[[str, BaseException], None]
+
+
+class PublicApiClient(Client):
+    """:class:`SinkClient`'s methods on nats-py's public API only, for when it does not fit.
+
+    Publishes are handed to ``publish()`` in call order by one writer task; a message that
+    cannot be written then is reported to ``on_write_error`` rather than raised. There is
+    no TLS guard here: :func:`new_client` refuses TLS on this path.
+    """
+
+    def __init__(self, on_write_error: WriteErrorHandler) -> None:
+        super().__init__()
+        self._cellos_on_write_error = on_write_error
+        self._cellos_outbox: list[tuple[str, str, bytes, dict[str, str]]] = []
+        self._cellos_writer: Optional[asyncio.Task[None]] = None
+
+    async def subscribe_direct(self, subject: str, handler: ReplyHandler) -> None:
+        """Subscribe; each message goes to ``handler(subject, data, status)``."""
+
+        async def deliver(msg: Msg) -> None:
+            status = msg.headers.get("Status") if msg.headers else None
+            try:
+                handler(msg.subject.encode(), msg.data, status)
+            except Exception:
+                logger.exception("handling a reply from NATS failed; ignored")
+
+        await self.subscribe(subject, cb=deliver)
+
+    def publish_now(
+        self, subject: str, reply: str, payload: bytes, headers: Mapping[str, str]
+    ) -> None:
+        """Queue the message for the writer task, raising what ``publish()`` would at once."""
+        encode_header_block(headers)  # the same ValueError as on the fast path
+        if self.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if self.is_draining_pubs:
+            raise nats.errors.ConnectionDrainingError
+        if not self.is_connected:
+            raise nats.errors.OutboundBufferLimitError
+        if len(payload) > self.max_payload:
+            raise nats.errors.MaxPayloadError
+        self._cellos_outbox.append((subject, reply, payload, dict(headers)))
+
+    def flush_now(self) -> None:
+        """Start the writer task unless it is running (it takes what was queued since)."""
+        writer = self._cellos_writer
+        if self._cellos_outbox and (writer is None or writer.done()):
+            self._cellos_writer = asyncio.get_running_loop().create_task(self._cellos_write())
+
+    async def _cellos_write(self) -> None:
+        while self._cellos_outbox:
+            batch, self._cellos_outbox = self._cellos_outbox, []
+            for subject, reply, payload, headers in batch:
+                try:
+                    await self.publish(subject, payload, reply=reply, headers=headers)
+                except Exception as exc:
+                    self._cellos_on_write_error(reply, exc)
+
+
+#: What :func:`new_client` returns.
+NatsClient = Union[SinkClient, PublicApiClient]
+
+
+def new_client(require_tls: bool, on_write_error: WriteErrorHandler) -> NatsClient:
+    """A :class:`SinkClient` when this nats-py fits it, else a :class:`PublicApiClient`.
+
+    Raises :class:`ConnectError` when TLS is required but the client cannot guarantee
+    it: without the private hook nothing stops nats-py from sending CONNECT (and the
+    credentials) in clear to a server that does not offer TLS.
+    """
+    misfit = private_api_misfit()
+    if misfit is None:
+        return SinkClient(require_tls)
+    if misfit not in _warned:
+        _warned.append(misfit)
+        logger.warning(
+            "nats-py %s lacks %s, which the sink's fast path relies on; publishing through "
+            "nats-py's public API instead (slower, same guarantees)",
+            nats_py_version(),
+            misfit,
+        )
+    if require_tls:
+        raise ConnectError(
+            f"refusing to connect over TLS: nats-py {nats_py_version()} lacks {misfit}, "
+            f"without which the sink cannot make sure the credentials are never sent "
+            f"before TLS is up; install a nats-py version this release supports"
+        )
+    return PublicApiClient(on_write_error)

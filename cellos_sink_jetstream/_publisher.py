@@ -30,8 +30,13 @@ from ._errors import (
     PublishTimeoutError,
     StreamMismatchError,
 )
-from ._headers import encode_header_block
-from ._nats_client import CAN_SKIP_SUBJECT_VALIDATION, SinkClient, close_quietly
+from ._nats_client import (
+    CAN_SKIP_SUBJECT_VALIDATION,
+    NatsClient,
+    SinkClient,
+    close_quietly,
+    new_client,
+)
 from ._seam import AckListener, PubAck
 
 __all__ = ["ConnectOptions", "NatsPublisher"]
@@ -101,7 +106,7 @@ class NatsPublisher:
     future, task or closure per message.
     """
 
-    def __init__(self, nc: SinkClient, reply_prefix: str, expected_stream: Optional[str]) -> None:
+    def __init__(self, nc: NatsClient, reply_prefix: str, expected_stream: Optional[str]) -> None:
         """Wrap a connected client; use :meth:`connect` rather than calling this."""
         self._nc = nc
         self._reply_prefix = reply_prefix
@@ -121,8 +126,14 @@ class NatsPublisher:
         cls, options: ConnectOptions, expected_stream: Optional[str] = None
     ) -> NatsPublisher:
         """Connect within ``options.connect_timeout`` and set up the reply subscription."""
-        nc = SinkClient(options.wants_tls)
+        created: list[NatsPublisher] = []
+
+        def write_failed(reply: str, exc: BaseException) -> None:
+            created[0]._write_failed(reply, exc)
+
+        nc = new_client(options.wants_tls, write_failed)
         publisher = cls(nc, f"{nc.new_inbox()}.", expected_stream)
+        created.append(publisher)
 
         secrets = secrets_in(options.servers)
         last_errors: list[Exception] = []
@@ -354,24 +365,41 @@ class NatsPublisher:
         :meth:`forget`. Raises a :class:`PublishError` at once when the message cannot be
         written (the listener then hears nothing).
         """
-        header_block = encode_header_block(headers)
         token = next(self._tokens)
         self._pending[token] = (receiver, subject)
         try:
-            self._nc.publish_now(subject, f"{self._reply_prefix}{token}", payload, header_block)
+            self._nc.publish_now(subject, f"{self._reply_prefix}{token}", payload, headers)
         except Exception as exc:
             self._pending.pop(token, None)
-            if isinstance(exc, nats.errors.MaxPayloadError):
-                raise PayloadTooLargeError(len(payload), self.max_payload) from None
-            what = _connection_down(exc)
-            if what is not None:
-                raise PublishError(
-                    f"{what}; the event was not sent. Re-emit it once NATS is back (the "
-                    f"circuit breaker fails fast meanwhile) or spill it to a fallback sink",
-                    cause=FailureCause.CONNECTION_DOWN,
-                ) from None
-            raise
+            raise self._write_error(exc, len(payload)) from None
         return token
+
+    def _write_error(self, exc: Exception, payload_size: int) -> Exception:
+        """The error to raise for a nats-py error raised while writing a message."""
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            return PayloadTooLargeError(payload_size, self.max_payload)
+        what = _connection_down(exc)
+        if what is not None:
+            return PublishError(
+                f"{what}; the event was not sent. Re-emit it once NATS is back (the "
+                f"circuit breaker fails fast meanwhile) or spill it to a fallback sink",
+                cause=FailureCause.CONNECTION_DOWN,
+            )
+        return exc
+
+    def _write_failed(self, reply: str, exc: BaseException) -> None:
+        # The public-API path writes after send_now returned: its errors arrive here.
+        token = reply[len(self._reply_prefix) :]
+        pending = self._pending.pop(int(token), None) if token.isdigit() else None
+        if pending is not None:
+            receiver, _subject = pending
+            error = self._write_error(exc, 0) if isinstance(exc, Exception) else exc
+            self._deliver(receiver, None, error)
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether publishes take the fast path over nats-py's internals (see _nats_client)."""
+        return isinstance(self._nc, SinkClient)
 
     def flush_writes(self) -> None:
         """Write out the messages :meth:`send_now` buffered; call once per batch."""

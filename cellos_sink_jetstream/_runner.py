@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import janus
 
+from ._breaker import Permit
 from ._errors import (
     BackpressureError,
     ConnectError,
@@ -56,10 +57,10 @@ class PublishRequest:
         "headers",
         "holds_slot",
         "payload",
+        "permit",
         "seq",
         "settled",
         "subject",
-        "tag",
     )
 
     def __init__(
@@ -68,15 +69,15 @@ class PublishRequest:
         payload: bytes,
         headers: Mapping[str, str],
         deadline: float,
-        tag: Any = None,
+        permit: Permit,
     ) -> None:
         self.subject = subject
         self.payload = payload
         self.headers = headers
         #: ``time.monotonic()`` after which the outcome no longer matters to the caller.
         self.deadline = deadline
-        #: The submitter's own data, handed back to the outcome hook.
-        self.tag = tag
+        #: The breaker's permit for this publish, handed back to the outcome hook.
+        self.permit = permit
         # The publisher's token for the ack awaited on the pipelined path.
         self.ack_token = 0
         # Set by the runner when the outcome is handed over: a second verdict (a late ack

@@ -589,7 +589,7 @@ class JetStreamEventSink:
         self, request: PublishRequest, ack: Optional[PubAck], error: Optional[BaseException]
     ) -> None:
         # Runs on the loop thread, before the caller hears the outcome.
-        permit: Permit = request.tag
+        permit = request.permit
         if ack is not None:
             self._published += 1
             if ack.duplicate:

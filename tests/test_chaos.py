@@ -632,6 +632,7 @@ def test_killing_the_stream_leader_of_an_r3_stream_loses_no_acknowledged_event(
 
 
 @pytest.mark.parametrize("backlog", [0, 200], ids=["few-in-flight", "socket-buffers-full"])
+@pytest.mark.fast_path  # see tox env publicpath
 def test_close_while_emits_hang_on_a_frozen_server_leaves_no_thread_or_socket(
     stream: StagedStream, backlog: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -755,6 +756,7 @@ def _emit_expecting_error(
 
 
 @pytest.mark.parametrize("mode", ["healthy", "hung", "hung-backlog"])
+@pytest.mark.fast_path  # see tox env publicpath
 def test_a_process_that_never_calls_close_exits_quietly_and_in_time(
     stream: StagedStream, mode: str
 ) -> None:

@@ -470,6 +470,7 @@ def test_check_names_a_stream_other_than_the_expected_one(
     assert "StreamMismatchError" in one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.fast_path  # see tox env publicpath
 def test_check_and_emit_over_tls_trust_the_given_ca(
     nats_server_factory: ServerFactory,
     tls_files: TLSFiles,
@@ -853,6 +854,7 @@ def test_demo_workload_is_per_thread_lifecycles() -> None:
 # -- a closed pipe --------------------------------------------------------------------------------
 
 
+@pytest.mark.fast_path  # see tox env publicpath
 def test_tail_into_a_reader_that_stops_early_exits_0_without_a_traceback(
     stream: StagedStream,
 ) -> None:
@@ -927,6 +929,7 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return status, stderr
 
 
+@pytest.mark.fast_path  # see tox env publicpath
 def test_dev_server_restarts_on_the_same_port_after_a_stop_with_clients(tmp_path: Path) -> None:
     port = free_port()
     first, reader = _start_dev_server(port)

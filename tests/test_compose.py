@@ -107,6 +107,7 @@ def test_default_connect_timeout_is_five_seconds() -> None:
     assert 4.0 < elapsed < 5.0 + 1.5
 
 
+@pytest.mark.fast_path  # see tox env publicpath
 def test_nats_ca_file_turns_on_tls(nats_server_factory: ServerFactory, tls_files: TLSFiles) -> None:
     server = nats_server_factory(cert_file=tls_files.server_cert, key_file=tls_files.server_key)
     stage_stream(server.url, "CELLOS", ["cellos.events.>"], tls=tls_files.client_context())
@@ -264,6 +265,7 @@ def test_degrading_without_logging_prints_one_stderr_line() -> None:
     assert "***@127.0.0.1" in reason
 
 
+@pytest.mark.fast_path  # see tox env publicpath
 def test_degrading_with_logging_configured_logs_one_warning_and_prints_nothing_else() -> None:
     result = _build_in_child({"NATS_URL": unreachable_url()}, "logging")
     lines = result.stderr.splitlines()

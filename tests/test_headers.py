@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import nats.errors
 import pytest
@@ -38,11 +39,11 @@ def written_by_nats_py(headers: dict[str, str]) -> bytes:
     return written[0]
 
 
-def written_by_publish_now(header_block: bytes) -> bytes:
+def written_by_publish_now(headers: Mapping[str, str]) -> bytes:
     """The bytes the sink's client queues for one message (no connection)."""
     client = SinkClient(require_tls=False)
     client._status = Client.CONNECTED
-    client.publish_now("cellos.events.a", "_INBOX.x.7", PAYLOAD, header_block)
+    client.publish_now("cellos.events.a", "_INBOX.x.7", PAYLOAD, headers)
     assert len(client._pending) == 1
     assert client.stats["out_msgs"] == 1
     return client._pending[0]
@@ -61,14 +62,14 @@ def written_by_publish_now(header_block: bytes) -> bytes:
 def test_encoded_headers_are_written_exactly_as_nats_py_writes_the_mapping(msg_id: str) -> None:
     headers = HeaderTemplate(FIXED, "Nats-Msg-Id").fill(msg_id)
     assert dict(headers) == {**FIXED, "Nats-Msg-Id": msg_id}
-    ours = written_by_publish_now(headers.wire)
+    ours = written_by_publish_now(headers)
     assert ours == written_by_nats_py(dict(headers))
     assert ours.startswith(b"HPUB cellos.events.a _INBOX.x.7 ")
 
 
 def test_plain_mappings_are_encoded_as_nats_py_encodes_them() -> None:
     plain = {**FIXED, "Nats-Msg-Id": "evt-1"}
-    assert written_by_publish_now(encode_header_block(plain)) == written_by_nats_py(plain)
+    assert written_by_publish_now(plain) == written_by_nats_py(plain)
     with pytest.raises(ValueError, match="header"):
         encode_header_block({"X": "a\r\nInjected: 1"})
 
@@ -76,14 +77,14 @@ def test_plain_mappings_are_encoded_as_nats_py_encodes_them() -> None:
 def test_publish_now_refuses_what_publish_refuses() -> None:
     client = SinkClient(require_tls=False)
     with pytest.raises(nats.errors.OutboundBufferLimitError):
-        client.publish_now("a.b", "r", b"x", b"NATS/1.0\r\n\r\n")  # not connected
+        client.publish_now("a.b", "r", b"x", {})  # not connected
     client._status = Client.CONNECTED
     client._max_payload = 4
     with pytest.raises(nats.errors.MaxPayloadError):
-        client.publish_now("a.b", "r", b"12345", b"NATS/1.0\r\n\r\n")
+        client.publish_now("a.b", "r", b"12345", {})
     client._status = Client.CLOSED
     with pytest.raises(nats.errors.ConnectionClosedError):
-        client.publish_now("a.b", "r", b"x", b"NATS/1.0\r\n\r\n")
+        client.publish_now("a.b", "r", b"x", {})
     assert client._pending == []
 
 
@@ -142,4 +143,4 @@ def test_every_id_the_event_model_accepts_is_sent_as_nats_py_would_send_it(
     except InvalidEventError:
         assume(False)
     headers = HeaderTemplate(FIXED, "Nats-Msg-Id").fill(event.id)
-    assert written_by_publish_now(headers.wire) == written_by_nats_py(dict(headers))
+    assert written_by_publish_now(headers) == written_by_nats_py(dict(headers))

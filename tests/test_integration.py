@@ -455,6 +455,7 @@ def test_credentials_work_and_never_show(
     assert "wrong-pass-word" not in caplog.text
 
 
+@pytest.mark.fast_path  # see tox env publicpath
 def test_tls_with_private_root_ca(nats_server_factory: ServerFactory, tls_files: TLSFiles) -> None:
     server = nats_server_factory(cert_file=tls_files.server_cert, key_file=tls_files.server_key)
     stage_stream(server.url, "CELLOS", ["cellos.events.>"], tls=tls_files.client_context())
@@ -464,6 +465,7 @@ def test_tls_with_private_root_ca(nats_server_factory: ServerFactory, tls_files:
         assert sink.publish(event(1)).seq == 1
 
 
+@pytest.mark.fast_path  # see tox env publicpath
 def test_tls_with_the_wrong_ca_fails_clearly(
     nats_server_factory: ServerFactory, tls_files: TLSFiles
 ) -> None:

@@ -47,6 +47,7 @@ def records(out: str, logger: str = "cellos_sink_jetstream") -> list[str]:
     ]
 
 
+@pytest.mark.fast_path  # see tox env publicpath
 def test_a_refused_handshake_prints_nothing_and_logs_one_record() -> None:
     with FakePeer(close_without_pong) as peer:
         out, err = finish(start_child("connect", f"nats://127.0.0.1:{peer.port}"))
@@ -58,6 +59,7 @@ def test_a_refused_handshake_prints_nothing_and_logs_one_record() -> None:
     assert "did not answer PING with PONG" in record
 
 
+@pytest.mark.fast_path  # see tox env publicpath
 @pytest.mark.parametrize("logging", ["stdout", "none"])
 def test_a_peer_without_pong_after_a_restart_prints_nothing(
     nats_server_factory: ServerFactory, logging: str

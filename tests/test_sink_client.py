@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from nats.aio.client import Client
 
 from cellos_sink_jetstream import CloudEventV1, JetStreamEventSink, PublishError, with_retry
@@ -13,7 +14,7 @@ from cellos_sink_jetstream._nats_client import READ_SIZE, SinkClient
 from tests._nats import read_stream
 from tests.conftest import StagedStream
 
-BLOCK = b"NATS/1.0\r\nNats-Msg-Id: e\r\n\r\n"
+HEADERS = {"Nats-Msg-Id": "e"}
 
 
 class FakeSocketTransport:
@@ -52,7 +53,7 @@ def test_a_batch_is_written_at_once_while_the_socket_keeps_up() -> None:
     async def main() -> None:
         client, transport = await client_with(buffered=0, flusher_alive=True)
         for n in range(3):
-            client.publish_now("a.b", f"r.{n}", b"x", BLOCK)
+            client.publish_now("a.b", f"r.{n}", b"x", HEADERS)
         assert transport.written == []  # publish_now only buffers
         client.flush_now()
         assert [c.split(b" ")[2] for c in transport.written] == [b"r.0", b"r.1", b"r.2"]
@@ -70,9 +71,9 @@ def test_a_batch_is_written_at_once_while_the_socket_keeps_up() -> None:
 def test_a_backed_up_socket_leaves_the_batch_to_nats_pys_flusher() -> None:
     async def main() -> None:
         client, transport = await client_with(buffered=70_000, flusher_alive=True)
-        client.publish_now("a.b", "r.0", b"x", BLOCK)
+        client.publish_now("a.b", "r.0", b"x", HEADERS)
         client.flush_now()
-        client.publish_now("a.b", "r.1", b"x", BLOCK)
+        client.publish_now("a.b", "r.1", b"x", HEADERS)
         client.flush_now()
         assert transport.written == []
         assert len(client._pending) == 2  # in order, for the flusher
@@ -87,7 +88,7 @@ def test_a_backed_up_socket_leaves_the_batch_to_nats_pys_flusher() -> None:
 def test_without_a_flusher_the_batch_is_written_at_once() -> None:
     async def main() -> None:
         client, transport = await client_with(buffered=70_000, flusher_alive=False)
-        client.publish_now("a.b", "r.0", b"x", BLOCK)
+        client.publish_now("a.b", "r.0", b"x", HEADERS)
         client.flush_now()
         assert len(transport.written) == 1
         assert client._pending == []
@@ -103,6 +104,7 @@ def _socket_transport(sink: Any) -> Any:
     return client._transport._io_writer.transport
 
 
+@pytest.mark.fast_path  # see tox env publicpath
 def test_the_connection_reads_at_most_64_kib_at_once_after_every_connect(
     stream: StagedStream,
 ) -> None:

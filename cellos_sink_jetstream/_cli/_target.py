@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from .._config import ENV_CA_FILE, ENV_NATS_URL, redact_url, resolve_servers, scrub, secrets_in
 from .._errors import ConnectError
-from .._nats_client import SinkClient, close_quietly
+from .._nats_client import close_quietly, new_client
 from .._server import NatsServer
 from .._sink import JetStreamEventSink, TransitionCallback, _root_ca_context
 from .._version import __version__
@@ -91,7 +91,8 @@ async def _open_nats(target: Target) -> Client:
         errors.append(exc)
 
     wants_tls = target.ca_file is not None or any(s.startswith("tls://") for s in target.servers)
-    client = SinkClient(wants_tls)
+    tls = target.tls_context()  # a CA file that cannot be loaded is named first
+    client = new_client(wants_tls, _no_publishes)
     options: dict[str, Any] = {
         "servers": list(target.servers),
         "name": f"{PROG} {__version__}",
@@ -102,7 +103,6 @@ async def _open_nats(target: Target) -> Client:
         "reconnect_time_wait": 0.1,
         "error_cb": remember_error,
     }
-    tls = target.tls_context()
     if tls is not None:
         options["tls"] = tls
     try:
@@ -201,3 +201,7 @@ def server_version(client: Client) -> str:
 def jetstream(client: Client) -> JetStreamContext:
     """A JetStream context whose API requests time out after a few seconds."""
     return client.jetstream(timeout=_JS_API_TIMEOUT)
+
+
+def _no_publishes(reply: str, exc: BaseException) -> None:
+    """The CLI's sessions never use the client's pipelined publishes."""

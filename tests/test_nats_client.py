@@ -1,0 +1,115 @@
+"""The fit check of nats-py's private names, and the public-API path it falls back to."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import nats.aio.transport
+import pytest
+from nats.aio.client import Client
+
+from cellos_sink_jetstream import CloudEventV1, ConnectError, JetStreamEventSink, _nats_client
+from cellos_sink_jetstream._nats_client import (
+    FORCE_PUBLIC_API_ENV,
+    _shape_of_nats_py,
+    nats_py_version,
+    private_api_misfit,
+)
+from tests._nats import read_stream
+from tests.conftest import StagedStream
+
+
+def _fast_path(sink: JetStreamEventSink) -> bool:
+    runner: Any = sink._runner
+    return bool(runner.publisher.fast_path)
+
+
+def test_the_installed_nats_py_has_every_private_name_the_fast_path_needs() -> None:
+    # Fails as soon as a nats-py upgrade renames one: then the sink would run slower.
+    assert _shape_of_nats_py() is None
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "replacement", "reported"),
+    [
+        (Client, "_process_msg", None, "Client._process_msg"),
+        (Client, "_connect_command", None, "Client._connect_command"),
+        (Client, "_process_connect_init", None, "Client._process_connect_init"),
+        # Same name, another shape: a coroutine where a plain method is overridden.
+        (Client, "_connect_command", lambda self: None, "Client._connect_command"),
+    ],
+)
+def test_a_missing_or_reshaped_private_name_is_named(
+    monkeypatch: pytest.MonkeyPatch, owner: type, name: str, replacement: Any, reported: str
+) -> None:
+    if replacement is None:
+        monkeypatch.delattr(owner, name)
+    else:
+
+        async def reshaped(self: Any) -> None:
+            """A coroutine where nats-py has a plain method."""
+
+        monkeypatch.setattr(owner, name, reshaped)
+    assert _shape_of_nats_py() == reported
+
+
+def test_a_renamed_transport_writer_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = nats.aio.transport.TcpTransport.__init__
+
+    def renamed(self: Any) -> None:
+        original(self)
+        self._writer = self.__dict__.pop("_io_writer")
+
+    monkeypatch.setattr(nats.aio.transport.TcpTransport, "__init__", renamed)
+    assert _shape_of_nats_py() == "TcpTransport._io_writer"
+
+
+def test_the_fast_path_is_the_one_taken(stream: StagedStream) -> None:
+    # The suite runs once more with the fit check forced to fail (tox env publicpath).
+    forced = os.environ.get(FORCE_PUBLIC_API_ENV) == "1"
+    with JetStreamEventSink.connect(stream.url, stream.subject("fit"), stream=stream.name) as sink:
+        assert _fast_path(sink) is not forced
+        sink.emit(CloudEventV1.create("t", "/fit"))
+    assert len(read_stream(stream.url, stream.name)) == 1
+
+
+@pytest.fixture
+def forced_misfit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FORCE_PUBLIC_API_ENV, "1")
+    monkeypatch.setattr(_nats_client, "_warned", [])
+
+
+@pytest.mark.usefixtures("forced_misfit")
+def test_a_misfit_warns_once_and_publishes_through_the_public_api(
+    stream: StagedStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cellos_sink_jetstream")
+    events = [CloudEventV1.create("t", "/public", {"n": n}) for n in range(50)]
+    for _ in range(2):
+        with JetStreamEventSink.connect(
+            stream.url, stream.subject("public"), stream=stream.name
+        ) as sink:
+            assert not _fast_path(sink)
+            futures = [sink.emit_nowait(event) for event in events]
+            acks = [future.result(10) for future in futures]
+    # Both sinks stored the same ids: the second round was deduplicated, in order.
+    assert [ack.seq for ack in acks] == list(range(1, 51))
+    assert all(ack.duplicate for ack in acks)
+    stored = read_stream(stream.url, stream.name)
+    assert [m.headers["Nats-Msg-Id"] for m in stored] == [e.id for e in events]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert nats_py_version() in warnings[0]
+    assert FORCE_PUBLIC_API_ENV in warnings[0]
+
+
+@pytest.mark.usefixtures("forced_misfit")
+def test_a_misfit_refuses_tls_rather_than_risk_credentials_in_clear() -> None:
+    assert private_api_misfit() is not None
+    with pytest.raises(ConnectError, match="refusing to connect over TLS") as caught:
+        JetStreamEventSink.connect(
+            "tls://alice:s3cret@127.0.0.1:1", "cellos.events.x", connect_timeout=1.0
+        )
+    assert "s3cret" not in str(caught.value)
