@@ -660,13 +660,20 @@ class JetStreamEventSink:
 
         Read from JetStream; ``None`` when it cannot be known (no stream named, not
         connected, no answer within ``timeout``, or a publisher that cannot ask).
+
+        Raises:
+            ConfigError: a bad ``timeout``.
+            ReentrantEmitError: called from the sink's own loop thread, which would wait
+                for itself.
         """
+        timeout = check_timeout("timeout", timeout)
         name = stream if stream is not None else self._settings.stream
         runner = self._runner
         publisher = None if runner is None else runner.publisher
         lookup = getattr(publisher, "stream_duplicate_window", None)
         if name is None or runner is None or not callable(lookup):
             return None
+        _refuse_reentrant_call(runner, "duplicate_window()")
         try:
             window = runner.run_coroutine(lookup(name, timeout), timeout + 0.5)
         except Exception as exc:

@@ -39,6 +39,7 @@ from ._replay import (
 from ._sink import EventLike, EventSink, JetStreamEventSink, SinkStats
 from ._spool_store import DeadLetter, SpoolStore
 from ._subject import TENANT_ID_PLACEHOLDER, resolve_tenant_id
+from ._timeouts import check_optional_timeout, check_timeout
 
 __all__ = ["DEFAULT_SPOOL_MAX_BYTES", "DeadLetter", "SpoolStats", "SpoolingEventSink"]
 
@@ -313,8 +314,9 @@ class SpoolingEventSink:
         """Wait until the spool is empty: everything replayed and acknowledged.
 
         Returns ``True`` once it is, ``False`` after ``timeout`` seconds (``None``: no
-        limit) or when the sink closed first.
+        limit) or when the sink closed first. A bad ``timeout`` is a :class:`ConfigError`.
         """
+        timeout = check_optional_timeout("timeout", timeout)
         with self._cond:
             self._interrupted = True  # end a back-off: someone is waiting now
             self._cond.notify_all()
@@ -325,8 +327,10 @@ class SpoolingEventSink:
     def close(self, timeout: float = 10.0) -> None:
         """Stop replay, close the spool and the inner sink; idempotent.
 
-        What is still spooled stays on disk for the next sink on this directory.
+        What is still spooled stays on disk for the next sink on this directory. A bad
+        ``timeout`` is a :class:`ConfigError` (and closes nothing).
         """
+        timeout = check_timeout("timeout", timeout)
         deadline = time.monotonic() + timeout
         with self._close_lock:
             if self._closed:

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -32,11 +33,13 @@ from cellos_sink_jetstream import (
     PublishError,
     PublishTimeoutError,
     Reconnecting,
+    ReentrantEmitError,
     SinkClosedError,
     SinkError,
+    SpoolingEventSink,
 )
 from cellos_sink_jetstream._server import NatsServer
-from tests._nats import read_stream
+from tests._nats import DUPLICATE_WINDOW, read_stream
 from tests._polling import wait_until
 from tests.conftest import StagedStream
 from tests.fakes import GatedPublisher
@@ -534,3 +537,49 @@ def test_a_dropped_sink_still_closing_at_exit_exits_quietly_in_time(
     assert stderr.count("garbage-collected without close()") == 1, stderr
     for noise in ("Task was destroyed", "Exception ignored", "Traceback", "Fatal Python"):
         assert noise not in stderr, stderr
+
+
+# -- 1./5. the public calls added since: duplicate_window(), the spool's drain()/close() --
+
+
+def test_duplicate_window_checks_its_timeout_and_refuses_the_loop_thread(
+    stream: StagedStream,
+) -> None:
+    got: list[BaseException] = []
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("window"), stream=stream.name
+    ) as sink:
+        assert sink.duplicate_window() == DUPLICATE_WINDOW
+        for bad in BAD_TIMEOUTS:
+            with pytest.raises(ConfigError, match="timeout"):
+                sink.duplicate_window(timeout=bad)
+
+        def from_loop(future: concurrent.futures.Future[Any]) -> None:
+            try:
+                sink.duplicate_window(timeout=5.0)
+            except SinkError as exc:
+                got.append(exc)
+
+        with frozen(stream.server):  # pending when the callback is added: runs on the loop
+            future = sink.emit_nowait(event(0, "window"))
+            future.add_done_callback(from_loop)
+        future.result(10)
+        wait_until(lambda: got, 10, "duplicate_window() from the loop thread never returned")
+        assert isinstance(got[0], ReentrantEmitError)
+        sink.emit(event(1, "window"))
+
+
+def test_the_spools_drain_and_close_check_their_timeouts(
+    stream: StagedStream, tmp_path: Path
+) -> None:
+    inner = JetStreamEventSink.connect(stream.url, stream.subject("spool"))
+    with SpoolingEventSink(inner, tmp_path / "spool") as spool:
+        for bad in BAD_TIMEOUTS:
+            with pytest.raises(ConfigError, match="timeout"):
+                spool.drain(timeout=bad)
+            with pytest.raises(ConfigError, match="timeout"):
+                spool.close(timeout=bad)
+            assert not spool.closed
+            spool.emit(event(0, "spool"))
+        assert spool.drain(timeout=10) is True
+    assert inner.closed
