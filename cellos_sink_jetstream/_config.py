@@ -93,8 +93,9 @@ def redact_url(url: str) -> str:
 
     Works on comma-separated server lists too, and never raises. A bare ``host:port`` is
     shown as ``nats://host:port`` (as nats-py reads it), a port that is not a number as
-    ``<invalid port>``, and anything else that does not parse as ``<unparsable url>``
-    rather than risk echoing a secret.
+    ``<invalid port>``, one with an unbalanced bracket with everything before its last ``@``
+    as ``***``, and anything else that does not parse as ``<unparsable url>`` rather than
+    risk echoing a secret.
     """
     return ",".join(_redact_one(part.strip()) for part in url.split(","))
 
@@ -109,7 +110,13 @@ def _redact_one(url: str) -> str:
         parts = urlsplit(_with_scheme(url))
         host = parts.hostname or ""
     except ValueError:
-        return "<unparsable url>"
+        # An unbalanced bracket: whatever precedes the last "@" may be a credential.
+        scheme, _sep, rest = _with_scheme(url).partition("://")
+        if "@" in rest:
+            rest = "***@" + rest.rpartition("@")[2]
+        if len(scheme) > 20 or len(rest) > 100 or any(c.isspace() for c in rest):
+            return "<unparsable url>"
+        return f"{scheme}://{rest}"
     if "@" in url and "@" not in parts.netloc:
         return "<unparsable url>"  # an unescaped '/', '?' or '#' in the credentials
     try:

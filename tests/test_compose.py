@@ -406,10 +406,22 @@ def test_the_bad_port_text_is_shown_only_when_no_credential_could_be_in_it() -> 
         ("nats://u:p@host:notaport", "nats://***@host:<invalid port>"),
         ("localhost:14222", "nats://localhost:14222"),
         ("u:p@localhost:14222", "nats://***@localhost:14222"),
+        ("nats://user:pw@[::1", "nats://***@[::1"),
+        ("nats://::1]", "nats://::1]"),
+        ("tls://tok@h@[::1", "tls://***@[::1"),
     ],
 )
 def test_redact_url_of_urls_that_do_not_parse_fully(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_an_unbalanced_bracket_is_shown_redacted_not_as_a_placeholder() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_servers("nats://user:secretpw@[::1", {}, origin="--url")
+    message = str(info.value)
+    assert "nats://***@[::1 has an unbalanced '[' or ']' in its host" in message
+    assert "unparsable" not in message
+    assert "secretpw" not in message
 
 
 def test_a_bare_host_and_port_in_nats_url_connects(stream: StagedStream) -> None:
