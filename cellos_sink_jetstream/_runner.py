@@ -1,4 +1,4 @@
-"""The background thread: one asyncio loop, one janus queue, one :class:`Publisher`.
+"""The background thread: one asyncio loop, one janus queue, one :class:`PipelinedPublisher`.
 
 Callers on any thread touch only :meth:`LoopRunner.submit` (the queue's sync side), the
 outcome of their request (a future, or a lock they wait on) and the settled-count that
@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import janus
 
-from ._breaker import Permit
+from ._breaker import Permit, backoff_delay
 from ._errors import (
     BackpressureError,
     ConnectError,
@@ -31,15 +31,15 @@ from ._errors import (
     SinkError,
 )
 from ._lean_future import make_future
-from ._retry import retry_async
-from ._seam import PubAck, Publisher
+from ._retry import DEFAULT_RETRY_BASE_DELAY, retry_async
+from ._seam import PipelinedPublisher, PubAck
 from ._timeouts import MAX_TIMEOUT_SECONDS
 
 __all__ = ["BlockingRequest", "FutureRequest", "LoopRunner", "PublishRequest"]
 
 logger = logging.getLogger("cellos_sink_jetstream")
 
-PublisherFactory = Callable[[], Awaitable[Publisher]]
+PublisherFactory = Callable[[], Awaitable[PipelinedPublisher]]
 _T = TypeVar("_T")
 
 
@@ -53,7 +53,9 @@ class PublishRequest:
 
     __slots__ = (
         "ack_token",
+        "attempts",
         "deadline",
+        "deadline_slot",
         "headers",
         "holds_slot",
         "payload",
@@ -78,8 +80,11 @@ class PublishRequest:
         self.deadline = deadline
         #: The breaker's permit for this publish, handed back to the outcome hook.
         self.permit = permit
-        # The publisher's token for the ack awaited on the pipelined path.
+        # The publisher's token for the ack awaited, and the sends made so far.
         self.ack_token = 0
+        self.attempts = 0
+        # The deadline's slot on the loop's clock (see LoopRunner._watch_deadline).
+        self.deadline_slot = 0
         # Set by the runner when the outcome is handed over: a second verdict (a late ack
         # after a failure that was not foreseen) must not reach the caller or the counts.
         self.settled = False
@@ -209,7 +214,7 @@ class LoopRunner:
         self._startup_error: Optional[BaseException] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._queue: Optional[janus.Queue[PublishRequest]] = None
-        self._publisher: Optional[Publisher] = None
+        self._publisher: Optional[PipelinedPublisher] = None
         self._tasks: set[asyncio.Task[None]] = set()
         # Acks awaited, by deadline slot (see _watch_deadline): one timer per slot, not
         # one per event.
@@ -227,7 +232,8 @@ class LoopRunner:
         self._writes_failing = False
         # Set by stop(): when the publisher must be closed by (on time.monotonic()).
         self._stop_deadline = float("inf")
-        self._send_now: Optional[Callable[[str, bytes, Mapping[str, str], Any], int]] = None
+        # The publisher's methods, bound once it is connected.
+        self._send_now: Callable[[str, bytes, Mapping[str, str], Any], int] = _not_connected
         self._forget: Callable[[int], None] = _forget_nothing
         self._flush_writes: Callable[[], None] = _flush_nothing
         self._stopping = False
@@ -259,7 +265,7 @@ class LoopRunner:
         return self._thread.ident
 
     @property
-    def publisher(self) -> Optional[Publisher]:
+    def publisher(self) -> Optional[PipelinedPublisher]:
         """The connected publisher, once :meth:`start` returned."""
         return self._publisher
 
@@ -429,13 +435,11 @@ class LoopRunner:
             self._ready.set()
             await self._queue.wait_closed()
             return
-        # A publisher that can pipeline (NatsPublisher) offers listen/send_now/forget.
-        pipelined: Any = self._publisher
-        if hasattr(pipelined, "listen"):
-            pipelined.listen(self._on_ack)
-            self._send_now = pipelined.send_now
-            self._flush_writes = pipelined.flush_writes
-            self._forget = pipelined.forget
+        publisher = self._publisher
+        publisher.listen(self._on_ack)
+        self._send_now = publisher.send_now
+        self._flush_writes = publisher.flush_writes
+        self._forget = publisher.forget
         self._consumer_idle = True  # the queue is empty: the first submit wakes _drain
         self._ready.set()
         if self._on_connected is not None:
@@ -457,7 +461,7 @@ class LoopRunner:
             self._queue.shutdown(immediate=True)
             await self._queue.wait_closed()
 
-    async def _connect_until_up(self) -> Optional[Publisher]:
+    async def _connect_until_up(self) -> Optional[PipelinedPublisher]:
         """Connect, retrying with a capped backoff until it works or :meth:`stop`."""
         attempt = 0
         while not self._stopping:
@@ -585,14 +589,11 @@ class LoopRunner:
             # Only publishes with a timeout longer than the sink's pay for this timer.
             self._loop_or_fail().call_later(slot_timeout, self._free_slot, request)
         send_now = self._send_now
-        if send_now is None:
-            self._spawn(self._publish(request, self._retry_attempts, timeout))
-            return True
-        # The pipelined path: write now, settle from the publisher's ack callback. No
-        # task, future or timer per event, and messages reach the connection in queue
-        # order: a failed write is retried before anything behind it is sent, unless the
-        # previous write failed for good too (then the connection is down and the breaker
-        # will stop the flow).
+        # Write now, settle from the publisher's ack callback. No task, future or timer
+        # per event, and messages reach the connection in queue order: a failed write is
+        # retried before anything behind it is sent, unless the previous write failed for
+        # good too (then the connection is down and the breaker will stop the flow).
+        request.attempts = 1
         try:
             token = send_now(request.subject, request.payload, request.headers, request)
         except Exception as error:
@@ -610,9 +611,9 @@ class LoopRunner:
 
     async def _retry_send(self, request: PublishRequest) -> None:
         send_now = self._send_now
-        assert send_now is not None
 
         async def send() -> int:
+            request.attempts += 1
             return send_now(request.subject, request.payload, request.headers, request)
 
         try:
@@ -643,12 +644,15 @@ class LoopRunner:
         # Deadlines are rounded up to the next slot of _DEADLINE_SLOT_SECONDS and share
         # that slot's timer: an ack is given up at most one slot late, and a publish costs
         # a set entry rather than a timer of its own.
-        slot = _deadline_slot(request.deadline)
+        # request.deadline is on time.monotonic(); the timers run on the loop's clock,
+        # which asyncio does not promise to be the same one.
+        loop = self._loop_or_fail()
+        remaining = request.deadline - time.monotonic()
+        slot = request.deadline_slot = _deadline_slot(loop.time() + remaining)
         watched = self._deadline_slots.get(slot)
         if watched is None:
             watched = self._deadline_slots[slot] = set()
-            # The loop's clock is time.monotonic(), the clock of request.deadline.
-            self._loop_or_fail().call_at(slot * _DEADLINE_SLOT_SECONDS, self._expire_slot, slot)
+            loop.call_at(slot * _DEADLINE_SLOT_SECONDS, self._expire_slot, slot)
         watched.add(request)
 
     def _expire_slot(self, slot: int) -> None:
@@ -659,22 +663,48 @@ class LoopRunner:
     def _on_ack(
         self, request: PublishRequest, ack: Optional[PubAck], error: Optional[BaseException]
     ) -> None:
-        # The publisher's listener, on the loop thread: the pipelined path's outcome.
+        # The publisher's listener, on the loop thread: every send's outcome.
         if request.settled:
             return
-        watched = self._deadline_slots.get(_deadline_slot(request.deadline))
+        watched = self._deadline_slots.get(request.deadline_slot)
         if watched is not None:
             watched.discard(request)
         if error is None:
             self._finish(request, result=ack)
         else:
-            self._after_failure(request, error, request.deadline - time.monotonic())
+            self._after_failure(request, error)
 
-    def _after_failure(self, request: PublishRequest, error: BaseException, timeout: float) -> None:
-        if self._retry_attempts > 1 and _is_transient(error) and not self._stopping:
-            self._spawn(self._publish(request, self._retry_attempts - 1, timeout, delay_first=True))
+    def _after_failure(self, request: PublishRequest, error: BaseException) -> None:
+        if request.attempts < self._retry_attempts and _is_transient(error) and not self._stopping:
+            self._spawn(self._resend(request, error))
         else:
             self._finish(request, error=_as_sink_error(error))
+
+    async def _resend(self, request: PublishRequest, error: BaseException) -> None:
+        """Send again after a transient failure the ack reported, within the deadline."""
+        delay = backoff_delay(request.attempts - 1, _RETRY_BASE_DELAY, _RETRY_CAP)
+        if time.monotonic() + delay >= request.deadline:
+            self._finish(request, error=_as_sink_error(error))
+            return
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            # Cancelled by close(): an earlier attempt may have been stored.
+            self._finish(request, error=_closed_after_send())
+            raise
+        if self._stopping:
+            self._finish(request, error=_closed_after_send())
+            return
+        request.attempts += 1
+        try:
+            request.ack_token = self._send_now(
+                request.subject, request.payload, request.headers, request
+            )
+        except Exception as exc:
+            self._after_failure(request, exc)
+            return
+        self._watch_deadline(request)
+        self._flush_writes()
 
     def _finish(
         self,
@@ -760,44 +790,6 @@ class LoopRunner:
                 self._forget(request.ack_token)
                 self._finish(request, error=_closed_after_send())
 
-    async def _publish(
-        self, request: PublishRequest, attempts: int, timeout: float, delay_first: bool = False
-    ) -> None:
-        """The general path: any :class:`Publisher`, with retries, in a task of its own."""
-        publisher = self._publisher
-        assert publisher is not None
-        task = asyncio.current_task()
-        assert task is not None
-
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        # One timer instead of asyncio.wait_for, which costs an extra task per publish.
-        timer = self._loop_or_fail().call_later(max(0.0, timeout), expire)
-        try:
-            ack = await retry_async(
-                attempts,
-                lambda: publisher.publish(request.subject, request.payload, request.headers),
-                retry_if=_is_transient,
-                first_delay=delay_first,
-            )
-        except asyncio.CancelledError:
-            self._finish(
-                request,
-                # Cancelled by close(): publish() was called, so it may have been stored.
-                error=_ack_timeout() if expired else _closed_after_send(),
-            )
-        except Exception as exc:
-            self._finish(request, error=_as_sink_error(exc))
-        else:
-            self._finish(request, result=ack)
-        finally:
-            timer.cancel()
-
 
 def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
     # nats-py may leave a reconnect or flusher task behind when its close() was cut short
@@ -816,6 +808,9 @@ _BACKGROUND_CONNECT_BASE = 0.1
 _BACKGROUND_CONNECT_CAP = 2.0
 # Granularity of publish deadlines on the pipelined path (callers wait 0.25 s longer).
 _DEADLINE_SLOT_SECONDS = 0.05
+# Waits before a send the ack reported as failed is retried (as with_retry).
+_RETRY_BASE_DELAY = DEFAULT_RETRY_BASE_DELAY
+_RETRY_CAP = 1.0
 
 # Kept from the stop() budget for cancelling leftovers and ending the thread.
 _THREAD_EXIT_MARGIN = 0.1
@@ -864,12 +859,16 @@ def _deadline_slot(deadline: float) -> int:
     return math.ceil(deadline / _DEADLINE_SLOT_SECONDS)
 
 
+def _not_connected(subject: str, payload: bytes, headers: Mapping[str, str], receiver: Any) -> int:
+    raise SinkClosedError("the sink is not connected")
+
+
 def _forget_nothing(token: int) -> None:
-    """The general path has no pipelined sends to forget."""
+    """Nothing was sent before the publisher connected."""
 
 
 def _flush_nothing() -> None:
-    """The general path's publisher writes its messages itself."""
+    """Nothing was sent before the publisher connected."""
 
 
 def _as_sink_error(error: BaseException) -> BaseException:

@@ -51,7 +51,7 @@ from ._headers import (
 )
 from ._publisher import ConnectOptions, NatsPublisher
 from ._runner import BlockingRequest, FutureRequest, LoopRunner, PublishRequest
-from ._seam import PubAck, Publisher
+from ._seam import PipelinedPublisher, PubAck, Publisher, PublisherAdapter
 from ._subject import (
     TENANT_ID_PLACEHOLDER,
     resolve_tenant_subject,
@@ -342,7 +342,7 @@ class JetStreamEventSink:
         # without close() would never be collected (see _close_unreferenced).
         settings_of_sink: list[_Settings] = []
 
-        async def connect_publisher() -> Publisher:
+        async def connect_publisher() -> PipelinedPublisher:
             settings = settings_of_sink[0]
             connect_options = ConnectOptions(
                 servers=servers,
@@ -388,9 +388,13 @@ class JetStreamEventSink:
         The publisher runs on the sink's background loop like the real one. If it has a
         ``max_payload`` attribute, oversized events are refused before publishing.
         """
+        # The runner drives one seam; a simple publisher is adapted to it.
+        seam: PipelinedPublisher = (
+            publisher if isinstance(publisher, PipelinedPublisher) else PublisherAdapter(publisher)
+        )
 
-        async def ready() -> Publisher:
-            return publisher
+        async def ready() -> PipelinedPublisher:
+            return seam
 
         sink = cls(ready, subject, display_url=f"<{type(publisher).__name__}>", **options)
         sink._start_runner()
