@@ -366,10 +366,14 @@ class SpoolingEventSink:
         return f"SpoolingEventSink(path={self.path!r}, {state}, inner={self._inner!r})"
 
 
+_MIN_CLOSE_SECONDS = 0.001
+
+
 def _close_inner(inner: EventSink, timeout: float) -> None:
     try:
         if isinstance(inner, JetStreamEventSink):
-            inner.close(timeout)
+            # What is left of the spool's own budget, but a timeout must be > 0.
+            inner.close(max(timeout, _MIN_CLOSE_SECONDS))
         else:
             inner.close()
     except Exception:  # the spool must still close

@@ -87,8 +87,9 @@ def cmd_spool_replay(args: argparse.Namespace) -> int:
     tty = is_tty(sys.stderr)
     try:
         while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            if sink.drain(min(_PROGRESS_INTERVAL, remaining)) or remaining <= 0:
+            remaining = deadline - time.monotonic()
+            # drain() takes a positive timeout only (like every timeout of the sink).
+            if remaining <= 0 or sink.drain(min(_PROGRESS_INTERVAL, remaining)):
                 break
             if tty:
                 left = sink.stats().depth
