@@ -232,6 +232,19 @@ def _int_shown(value: int) -> str:
     return str(value)
 
 
+def _json_kind(value: object) -> str:
+    # What json.loads gave, in the JSON terms of the text the caller wrote.
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array"
+
+
 def _check_extensions(extensions: object) -> dict[str, ExtensionValue]:
     """Validate ``extensions`` and return a private copy of it."""
     if not isinstance(extensions, Mapping):
@@ -901,7 +914,7 @@ class CloudEventV1:
         if not isinstance(parsed, dict):
             raise InvalidEventError(
                 EVENT_ATTRIBUTE,
-                f"a structured CloudEvent must be a JSON object, got {type(parsed).__name__}",
+                f"a structured CloudEvent must be a JSON object, got {_json_kind(parsed)}",
             )
         return cls.from_dict(parsed)
 

@@ -693,11 +693,21 @@ def test_json_errors_say_where_in_the_text_as_the_caller_sees_it(raw: bytes, sai
     assert str(excinfo.value) == f"invalid CloudEvent: the text is not valid JSON: {said}"
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [(b"null", "null"), (b'"x"', "a string"), (b"4.5", "a number"), (b"true", "true")],
+)
+def test_a_json_value_that_is_not_an_object_is_named_in_json_terms(text: bytes, said: str) -> None:
+    with pytest.raises(InvalidEventError) as excinfo:
+        CloudEventV1.from_json(text)
+    assert str(excinfo.value).endswith(f"must be a JSON object, got {said}")
+
+
 def test_whole_event_errors_are_not_worded_as_an_attribute() -> None:
     with pytest.raises(InvalidEventError) as excinfo:
         CloudEventV1.from_json(b"[1]")
     assert str(excinfo.value) == (
-        "invalid CloudEvent: a structured CloudEvent must be a JSON object, got list"
+        "invalid CloudEvent: a structured CloudEvent must be a JSON object, got an array"
     )
     too_large = PayloadTooLargeError(5000, 4096)
     assert str(too_large).startswith("CloudEvent too large: serialised with its headers it is")
