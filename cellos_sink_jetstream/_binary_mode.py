@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from ._errors import InvalidEventError
+from ._errors import _WHOLE_EVENT, InvalidEventError
 from ._event import CloudEventV1
 from ._headers import HEADER_CONTENT_TYPE, HEADER_MSG_ID, EncodedHeaders, encode_header_block
 
@@ -158,8 +158,26 @@ def is_binary_mode(headers: Optional[Mapping[str, str]]) -> bool:
 
 
 def _by_lower_name(headers: Optional[Mapping[str, str]]) -> dict[str, str]:
-    # NATS header names are case-insensitive (ADR-4).
-    return {name.lower(): value for name, value in (headers or {}).items()}
+    if headers is not None and not isinstance(headers, Mapping):
+        raise InvalidEventError(
+            _WHOLE_EVENT,
+            f"the headers must be a mapping of names to values (or None), got {_kind(headers)}",
+        )
+    by_name: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InvalidEventError(
+                _WHOLE_EVENT,
+                f"header names and values must be str, got {_kind(name)}: {_kind(value)}",
+            )
+        # NATS header names are case-insensitive (ADR-4).
+        by_name[name.lower()] = value
+    return by_name
+
+
+def _kind(value: object) -> str:
+    # The type only: a value read off the wire is not repeated into an error message.
+    return type(value).__name__
 
 
 def _is_binary(by_name: Mapping[str, str]) -> bool:
@@ -170,7 +188,7 @@ def _is_binary(by_name: Mapping[str, str]) -> bool:
 
 
 def from_nats_message(
-    headers: Optional[Mapping[str, str]], body: Union[bytes, bytearray, memoryview]
+    headers: Optional[Mapping[str, str]], body: Union[bytes, bytearray, memoryview, None]
 ) -> CloudEventV1:
     """Read an event from a NATS message in either content mode.
 
@@ -179,12 +197,21 @@ def from_nats_message(
     In binary mode, extension values come back as strings (headers carry no type), and
     data is read by its media type (``datacontenttype``, else ``Content-Type``): JSON
     media types as the JSON value, ``text/*`` as ``str``, anything else as ``bytes``; an
-    empty body is no data.
+    empty body is no data, and so is ``None`` (nats-py's ``js.get_msg()`` gives an empty
+    body as ``None``).
 
     Raises:
-        InvalidEventError: the message is not a valid CloudEvent in either mode.
+        InvalidEventError: the message is not a valid CloudEvent in either mode, or the
+            headers or body are not of the types above.
     """
-    body = bytes(body)
+    if body is None:
+        body = b""
+    elif isinstance(body, (bytes, bytearray, memoryview)):
+        body = bytes(body)
+    else:
+        raise InvalidEventError(
+            _WHOLE_EVENT, f"the body must be bytes (or None for none), got {_kind(body)}"
+        )
     by_name = _by_lower_name(headers)
     if not _is_binary(by_name):
         return CloudEventV1.from_json(body)

@@ -920,9 +920,12 @@ class CloudEventV1:
 
     @classmethod
     def from_nats_message(
-        cls, headers: Mapping[str, str] | None, body: bytes | bytearray | memoryview
+        cls, headers: Mapping[str, str] | None, body: bytes | bytearray | memoryview | None
     ) -> CloudEventV1:
         """Read an event from a NATS message's headers and body, in either content mode.
+
+        ``None`` headers or body are none (nats-py gives a message without them so); headers
+        or a body of another type are an :class:`InvalidEventError`.
 
         Structured mode (``Content-Type: application/cloudevents+json``, or no ``ce-``
         headers) reads the body as :meth:`from_json` does; binary mode reads the ``ce-``

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import datetime, timezone
 from typing import Any
 
+import nats
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -310,3 +312,50 @@ def test_header_names_are_matched_case_insensitively() -> None:
         )
         == structured
     )
+
+
+def test_a_message_read_with_nats_pys_get_msg_reads_back_even_without_data(
+    stream: StagedStream,
+) -> None:
+    # nats-py's js.get_msg() gives an empty body as None (and no headers as None), so
+    # from_nats_message(msg.headers, msg.data) must take None for "no body".
+    events = [
+        CloudEventV1(id=f"{mode}-{n}", source="/s", type="t", data=data, extensions={"n": "1"})
+        for mode in ("binary", "structured")
+        for n, data in enumerate((None, {"a": 1}))
+    ]
+    for mode, pair in (("binary", events[:2]), ("structured", events[2:])):
+        with JetStreamEventSink.connect(
+            stream.url, stream.subject("getmsg"), content_mode=mode
+        ) as sink:
+            for event in pair:
+                sink.emit(event)
+
+    async def get_all() -> list[tuple[Any, Any]]:
+        nc = await nats.connect(stream.url)
+        try:
+            js = nc.jetstream()
+            got = [await js.get_msg(stream.name, seq) for seq in range(1, 5)]
+            return [(msg.headers, msg.data) for msg in got]
+        finally:
+            await nc.close()
+
+    stored = asyncio.run(get_all())
+    assert stored[0][1] is None  # what nats-py hands a user for the binary no-data event
+    read = [CloudEventV1.from_nats_message(headers, body) for headers, body in stored]
+    assert read == events
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"ce-specversion": "1.0"}, "text"),
+        ({"ce-specversion": "1.0"}, 42),
+        (None, ["not", "bytes"]),
+        (["ce-id", "x"], b""),
+        ({"ce-specversion": "1.0", "ce-id": 7, "ce-source": "/s", "ce-type": "t"}, b""),
+    ],
+)
+def test_headers_or_a_body_of_the_wrong_type_are_an_invalid_event(headers: Any, body: Any) -> None:
+    with pytest.raises(InvalidEventError):
+        CloudEventV1.from_nats_message(headers, body)
