@@ -952,8 +952,12 @@ def _json_error(exc: json.JSONDecodeError) -> str:
         where = f"at column {exc.colno}"
     else:
         where = f"at line {exc.lineno} column {exc.colno}"
-    # json's messages are its own fixed phrases ("Expecting value"), never the input.
-    return f"{exc.msg[:100]} {where}"
+    # json's messages are its own fixed phrases ("Expecting value"), never the input; one
+    # of them ends in "at" already ("Invalid control character at").
+    message = exc.msg[:100]
+    if message.endswith(" at"):
+        message = message[: -len(" at")]
+    return f"{message} {where}"
 
 
 def _random_uuid4() -> str:

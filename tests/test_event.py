@@ -685,6 +685,7 @@ def test_from_json_rejects_garbage(raw: bytes) -> None:
         (b'{"id": \n', "Expecting value at the end of the text (it is cut short)"),
         (b'{"id" 1}\r\n', "Expecting ':' delimiter at column 7"),
         (b'{"id": 1,\n "x" 2}', "Expecting ':' delimiter at line 2 column 6"),
+        (b'{"id": "a\x0cb"}\n', "Invalid control character at column 10"),
     ],
 )
 def test_json_errors_say_where_in_the_text_as_the_caller_sees_it(raw: bytes, said: str) -> None:
