@@ -177,7 +177,18 @@ class SpoolingEventSink:
             return
         self._spool(event, None)
 
+    def _refuse_oversized(self, event: CloudEventV1) -> None:
+        # The direct path checks the size against the server's max_payload; an event that
+        # queues behind spooled ones must hear the same answer now, not as a dead letter.
+        # Before the first connect the limit is unknown: replay dead-letters it then.
+        inner = self._jetstream
+        runner = None if inner is None else inner._runner
+        if inner is None or runner is None or runner.publisher is None:
+            return
+        inner._prepare(event, runner)  # raises PayloadTooLargeError (a caller's error)
+
     def _spool(self, event: CloudEventV1, reason: Optional[BaseException]) -> None:
+        self._refuse_oversized(event)  # the direct path may have failed before its check
         if self._jetstream is not None and self._jetstream._stamp_trace is not None:
             # The caller's span, as the direct path would have sent it: replay runs on
             # another thread, outside that span.

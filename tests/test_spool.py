@@ -24,6 +24,8 @@ from cellos_sink_jetstream import (
     ConnectError,
     JetStreamEventSink,
     NoopEventSink,
+    PayloadTooLargeError,
+    PublishError,
     Reconnecting,
     SpoolError,
     SpoolingEventSink,
@@ -388,3 +390,37 @@ def test_events_replayed_after_the_duplicate_window_are_counted_with_one_warning
     late = [r for r in caplog.records if "duplicate window" in r.getMessage()]
     assert len(late) == 1
     assert stored_ids(server.url) == ["old-0", "old-1", "old-2", "young"]
+
+
+def test_an_event_over_max_payload_is_refused_while_the_spool_holds_events(
+    stream: StagedStream, tmp_path: Path
+) -> None:
+    # The caller's own error is raised, never spooled, also when new events queue behind
+    # spooled ones: the inner sink learned the server's max_payload when it connected.
+    inner = connect(stream.url)
+    with SpoolingEventSink(inner, tmp_path) as sink:
+        stream.server.kill()
+        sink.emit(make_event("queued"))  # spooled: NATS is down
+        assert sink.stats().depth == 1
+        with pytest.raises(PayloadTooLargeError):
+            sink.emit(make_event("huge", data="x" * (2 << 20)))
+        assert sink.stats().depth == 1
+        stream.server.restart()
+        assert sink.drain(30)
+        assert sink.stats().dead_lettered == 0
+    assert stored_ids(stream.url) == ["queued"]
+
+
+def test_an_event_over_max_payload_is_refused_while_the_circuit_is_open(
+    stream: StagedStream, tmp_path: Path
+) -> None:
+    inner = connect(stream.url)
+    with SpoolingEventSink(inner, tmp_path) as sink:
+        stream.server.kill()
+        with contextlib.suppress(CircuitOpenError, PublishError):
+            inner.emit(make_event("opens-the-circuit"))
+        wait_until(lambda: isinstance(inner.debug_state(), Reconnecting), 10, "circuit open")
+        assert sink.stats().depth == 0
+        with pytest.raises(PayloadTooLargeError):
+            sink.emit(make_event("huge", data="x" * (2 << 20)))
+        assert sink.stats().depth == 0
