@@ -9,7 +9,7 @@ Every error the library raises derives from :class:`SinkError`::
     ├── InvalidSubjectError(ValueError)    bad subject template or tenant id
     ├── ConnectError(ConnectionError)      could not connect to NATS / JetStream
     ├── SinkClosedError                    the sink was closed
-    ├── ReentrantEmitError(RuntimeError)   emit() called from the sink's own loop thread
+    ├── ReentrantEmitError(RuntimeError)   a blocking call from the sink's own loop thread
     ├── BackpressureError                  queue / in-flight limit full for longer than allowed
     ├── SpoolError(OSError)                the local spool cannot durably keep an event
     │   ├── SpoolFullError                 the spool reached its max_bytes
@@ -193,9 +193,11 @@ class SinkClosedError(SinkError):
 
 
 class ReentrantEmitError(SinkError, RuntimeError):
-    """``emit()`` was called from the sink's own background loop thread.
+    """A blocking call was made from the sink's own background loop thread.
 
-    Blocking there would deadlock the loop that has to deliver the event.
+    ``emit()``, ``publish()``, ``emit_nowait()``, ``flush()`` and ``duplicate_window()``
+    raise it there (an ``on_transition`` callback, a future's done-callback, a logging
+    handler): waiting would deadlock the loop that has to deliver the events.
     """
 
 
