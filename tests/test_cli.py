@@ -562,6 +562,28 @@ def test_unreachable_server_is_one_line_without_credentials(
     assert "operator" not in captured.err + captured.out
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["emit", "-", "--subject", TEMPLATE],
+        ["check", "--subject", TEMPLATE],
+        ["tail", "--subject", "cellos.events.>"],
+    ],
+)
+def test_a_refused_connection_is_reported_as_refused(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    status = main([*command, "--url", f"nats://127.0.0.1:{free_port()}"])
+    error = one_error_line(capsys.readouterr().err)
+    assert status == EXIT_UNREACHABLE
+    assert "the connection was refused" in error
+    # Nothing waited for connect_timeout, so the message must not claim it did, nor name
+    # Python's exception class.
+    assert "within 5s" not in error
+    assert "ConnectionRefusedError" not in error
+
+
 def test_bad_subject_template_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--subject", "cellos.{tenant}", "--url", "nats://x:1"]) == EXIT_USAGE
     assert "invalid subject template" in one_error_line(capsys.readouterr().err)

@@ -113,9 +113,18 @@ async def _open_nats(target: Target) -> Client:
     except Exception as exc:
         await close_quietly(client)
         cause = errors[-1] if errors else exc
+        if errors and all(isinstance(error, ConnectionRefusedError) for error in errors):
+            # Every attempt was refused at once: nothing waited for connect_timeout.
+            problem = (
+                "the connection was refused (is the server running, and listening on that port?)"
+            )
+        else:
+            problem = (
+                f"no connection within {target.connect_timeout:g}s (last error: "
+                f"{describe_error(cause, target.secrets)})"
+            )
         raise ConnectError(
-            f"could not connect to NATS at {target.display_url} within "
-            f"{target.connect_timeout:g}s (last error: {describe_error(cause, target.secrets)}); "
+            f"could not connect to NATS at {target.display_url}: {problem}; "
             f"check the URL (--url or {ENV_NATS_URL}), the credentials and the TLS settings"
         ) from None
     return client
