@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -237,3 +238,34 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
 
 # scheme://userinfo@ : the userinfo runs up to the "@", without spaces, quotes or "/".
 _URL_USERINFO_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/@'\"]+@")
+
+
+def ca_file_from(
+    ca_file: Optional[str], env: Mapping[str, str], option: str
+) -> tuple[Optional[str], str]:
+    """The root CA file to trust: ``ca_file`` if given, else ``NATS_CA_FILE``.
+
+    Returns it with where it came from (``option`` or the variable), for error messages.
+    """
+    if ca_file is not None:
+        return ca_file, option
+    return env.get(ENV_CA_FILE) or None, ENV_CA_FILE
+
+
+def root_ca_context(ca_path: str, origin: str) -> ssl.SSLContext:
+    """A TLS context trusting only the PEM root CA in ``ca_path`` (hostnames verified).
+
+    Raises :class:`ConfigError` naming ``origin`` when the file cannot be loaded.
+    """
+    try:
+        return ssl.create_default_context(cafile=ca_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{origin}: cannot load a PEM root CA from {ca_path!r} ({type(exc).__name__}); "
+            f"point it at a readable PEM CA bundle"
+        ) from None
+
+
+def tls_required(servers: Sequence[str], tls: Optional[ssl.SSLContext]) -> bool:
+    """Whether every connection must be encrypted before credentials are sent."""
+    return tls is not None or any(s.startswith("tls://") for s in servers)

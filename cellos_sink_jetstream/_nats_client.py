@@ -16,8 +16,9 @@ import asyncio
 import inspect
 import logging
 import os
+import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
 import nats.aio.client
@@ -37,11 +38,13 @@ __all__ = [
     "PublicApiClient",
     "READ_SIZE",
     "ReplyHandler",
+    "SessionFailed",
     "SinkClient",
     "WriteErrorHandler",
     "abort_transport",
     "close_quietly",
     "new_client",
+    "open_session",
     "private_api_misfit",
 ]
 
@@ -423,3 +426,59 @@ def new_client(require_tls: bool, on_write_error: WriteErrorHandler) -> NatsClie
             f"before TLS is up; install a nats-py version this release supports"
         )
     return PublicApiClient(on_write_error)
+
+
+async def open_session(
+    servers: Sequence[str],
+    *,
+    tls: Optional[ssl.SSLContext],
+    require_tls: bool,
+    connect_timeout: float,
+    name: str,
+) -> Client:
+    """Connect once, without reconnects, for a short session (the CLI's commands).
+
+    The same client as the sink's (:func:`new_client`: the fit check, the TLS guard).
+    Raises :class:`ConnectError` when TLS cannot be guaranteed, and
+    :class:`SessionFailed` (after closing the client) when the connect failed.
+    """
+    errors: list[BaseException] = []
+
+    async def remember_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    client = new_client(require_tls, _no_publishes)
+    options: dict[str, Any] = {
+        "servers": list(servers),
+        "name": name,
+        "connect_timeout": max(0.1, min(connect_timeout, 2.0)),
+        "allow_reconnect": False,
+        # Each server is tried twice, then nats-py gives up with NoServersError.
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.1,
+        "error_cb": remember_error,
+    }
+    if tls is not None:
+        options["tls"] = tls
+    try:
+        await asyncio.wait_for(client.connect(**options), connect_timeout)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        await close_quietly(client)
+        raise
+    except Exception as exc:
+        await close_quietly(client)
+        raise SessionFailed(errors, errors[-1] if errors else exc) from None
+    return client
+
+
+class SessionFailed(Exception):
+    """:func:`open_session` could not connect: every error nats-py reported, and the last."""
+
+    def __init__(self, errors: list[BaseException], last: BaseException) -> None:
+        super().__init__(str(last))
+        self.errors = errors
+        self.last = last
+
+
+def _no_publishes(reply: str, exc: BaseException) -> None:
+    """Sessions never use the client's pipelined publishes."""

@@ -15,11 +15,11 @@ import ssl
 from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import nats.errors
 
-from ._config import scrub, secrets_in
+from ._config import scrub, secrets_in, tls_required
 from ._errors import (
     ConnectError,
     FailureCause,
@@ -89,7 +89,7 @@ class ConnectOptions:
     @property
     def wants_tls(self) -> bool:
         """Whether every connection must be encrypted before credentials are sent."""
-        return self.tls is not None or any(s.startswith("tls://") for s in self.servers)
+        return tls_required(self.servers, self.tls)
 
 
 class NatsPublisher:
@@ -439,7 +439,7 @@ class NatsPublisher:
             )
         error = body.get("error")
         if error is not None:
-            return self._raise_api_error(subject, error)
+            self._raise_api_error(subject, error)
         stream, seq = body.get("stream"), body.get("seq")
         if not isinstance(stream, str) or not isinstance(seq, int):
             raise PublishError(
@@ -454,7 +454,7 @@ class NatsPublisher:
             )
         return PubAck(stream, seq, bool(body.get("duplicate", False)))
 
-    def _raise_api_error(self, subject: str, error: Any) -> PubAck:
+    def _raise_api_error(self, subject: str, error: Any) -> NoReturn:
         # What JetStream says about this message (a 4xx) goes to its caller alone; anything
         # else (503: no leader, storage failing) says JetStream cannot store right now.
         details = error if isinstance(error, dict) else {}

@@ -26,7 +26,12 @@ from typing_extensions import ParamSpec, Protocol, Self, runtime_checkable
 
 from ._binary_mode import CONTENT_MODES, BinaryEncoder
 from ._breaker import BreakerState, CircuitBreaker, Connected, Permit
-from ._config import ENV_CA_FILE, redact_url, resolve_servers
+from ._config import (
+    ca_file_from,
+    redact_url,
+    resolve_servers,
+    root_ca_context,
+)
 from ._error_type import error_type
 from ._errors import (
     BackpressureError,
@@ -329,9 +334,9 @@ class JetStreamEventSink:
         """
         servers, _origin = resolve_servers(url, env)
         if tls is None:
-            ca = ca_file if ca_file is not None else (env.get(ENV_CA_FILE) or None)
+            ca, ca_origin = ca_file_from(ca_file, env, "ca_file")
             if ca is not None:
-                tls = _root_ca_context(ca, ENV_CA_FILE if ca_file is None else "ca_file")
+                tls = root_ca_context(ca, ca_origin)
         display_url = redact_url(",".join(servers))
         reconnect_time_wait = check_timeout(
             "reconnect_time_wait", options.pop("reconnect_time_wait", 0.25)
@@ -376,7 +381,7 @@ class JetStreamEventSink:
         (hostname verification stays on). Credentials are sent only after the TLS
         handshake; a server without TLS is refused. Other arguments as :meth:`connect`.
         """
-        tls = _root_ca_context(os.fspath(ca_path), "ca_path")
+        tls = root_ca_context(os.fspath(ca_path), "ca_path")
         return cls.connect(url, subject, tls=tls, **options)
 
     @classmethod
@@ -960,16 +965,6 @@ def _close_runner_of_unreferenced(runner: LoopRunner, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     runner.wait_settled(max(0.0, timeout - min(0.5, timeout / 2)))
     runner.stop(max(0.0, deadline - time.monotonic()))
-
-
-def _root_ca_context(ca_path: str, origin: str) -> ssl.SSLContext:
-    try:
-        return ssl.create_default_context(cafile=ca_path)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"{origin}: cannot load a PEM root CA from {ca_path!r} ({type(exc).__name__}); "
-            f"point it at a readable PEM CA bundle"
-        ) from None
 
 
 _THREAD_NAME = "cellos-sink-jetstream"

@@ -15,11 +15,20 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from .._config import ENV_CA_FILE, ENV_NATS_URL, redact_url, resolve_servers, scrub, secrets_in
+from .._config import (
+    ENV_NATS_URL,
+    ca_file_from,
+    redact_url,
+    resolve_servers,
+    root_ca_context,
+    scrub,
+    secrets_in,
+    tls_required,
+)
 from .._errors import ConnectError
-from .._nats_client import close_quietly, new_client
+from .._nats_client import SessionFailed, close_quietly, open_session
 from .._server import NatsServer
-from .._sink import JetStreamEventSink, TransitionCallback, _root_ca_context
+from .._sink import JetStreamEventSink, TransitionCallback
 from .._version import __version__
 from ._exit_status import CliError
 from ._output import PROG
@@ -52,15 +61,13 @@ class Target:
 
     def tls_context(self) -> Optional[ssl.SSLContext]:
         """The TLS context trusting :attr:`ca_file`, or ``None`` without one."""
-        return None if self.ca_file is None else _root_ca_context(self.ca_file, self.ca_origin)
+        return None if self.ca_file is None else root_ca_context(self.ca_file, self.ca_origin)
 
 
 def target_from_args(args: argparse.Namespace) -> Target:
     """The target of ``--url``, ``--ca-file`` and ``--connect-timeout``, else the environment."""
     servers, _origin = resolve_servers(option(args, "url"), origin="--url")
-    ca_file, ca_origin = option(args, "ca_file"), "--ca-file"
-    if ca_file is None:
-        ca_file, ca_origin = os.environ.get(ENV_CA_FILE) or None, ENV_CA_FILE
+    ca_file, ca_origin = ca_file_from(option(args, "ca_file"), os.environ, "--ca-file")
     return Target(
         servers=tuple(servers),
         display_url=redact_url(",".join(servers)),
@@ -85,35 +92,18 @@ def option(args: argparse.Namespace, name: str, default: Any = None) -> Any:
 
 async def _open_nats(target: Target) -> Client:
     """Connect with nats-py: no reconnects, errors translated to :class:`ConnectError`."""
-    errors: list[BaseException] = []
-
-    async def remember_error(exc: Exception) -> None:
-        errors.append(exc)
-
-    wants_tls = target.ca_file is not None or any(s.startswith("tls://") for s in target.servers)
     tls = target.tls_context()  # a CA file that cannot be loaded is named first
-    client = new_client(wants_tls, _no_publishes)
-    options: dict[str, Any] = {
-        "servers": list(target.servers),
-        "name": f"{PROG} {__version__}",
-        "connect_timeout": max(0.1, min(target.connect_timeout, 2.0)),
-        "allow_reconnect": False,
-        # Each server is tried twice, then nats-py gives up with NoServersError.
-        "max_reconnect_attempts": 1,
-        "reconnect_time_wait": 0.1,
-        "error_cb": remember_error,
-    }
-    if tls is not None:
-        options["tls"] = tls
     try:
-        await asyncio.wait_for(client.connect(**options), target.connect_timeout)
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        await close_quietly(client)
-        raise
-    except Exception as exc:
-        await close_quietly(client)
-        cause = errors[-1] if errors else exc
-        if errors and all(isinstance(error, ConnectionRefusedError) for error in errors):
+        return await open_session(
+            target.servers,
+            tls=tls,
+            require_tls=tls_required(target.servers, tls),
+            connect_timeout=target.connect_timeout,
+            name=f"{PROG} {__version__}",
+        )
+    except SessionFailed as failed:
+        cause = failed.last
+        if failed.errors and all(isinstance(e, ConnectionRefusedError) for e in failed.errors):
             # Every attempt was refused at once: nothing waited for connect_timeout.
             problem = (
                 "the connection was refused (is the server running, and listening on that port?)"
@@ -127,7 +117,6 @@ async def _open_nats(target: Target) -> Client:
             f"could not connect to NATS at {target.display_url}: {problem}; "
             f"check the URL (--url or {ENV_NATS_URL}), the credentials and the TLS settings"
         ) from None
-    return client
 
 
 def connect_sink(
@@ -210,7 +199,3 @@ def server_version(client: Client) -> str:
 def jetstream(client: Client) -> JetStreamContext:
     """A JetStream context whose API requests time out after a few seconds."""
     return client.jetstream(timeout=_JS_API_TIMEOUT)
-
-
-def _no_publishes(reply: str, exc: BaseException) -> None:
-    """The CLI's sessions never use the client's pipelined publishes."""
