@@ -21,12 +21,16 @@ from ._errors import (
     StreamMismatchError,
 )
 
-__all__ = ["ABANDONED", "OTHER", "error_type"]
+__all__ = ["ABANDONED", "NOT_SENT", "OTHER", "error_type"]
 
 #: The caller gave up while its event still waited in the queue: it was never sent.
 ABANDONED = "abandoned"
 #: Anything not named below (OpenTelemetry's own fallback value for ``error.type``).
 OTHER = "_OTHER"
+#: The words of failures whose event never left the queue (abandoned, its deadline passed
+#: in the queue, the sink closed first). The messaging conventions' sent-messages counter
+#: must not count these, so the metrics report them on a counter of their own.
+NOT_SENT = frozenset({ABANDONED, "backpressure", "closed"})
 
 # Most specific first: PayloadTooLargeError is an InvalidEventError, CircuitOpenError and
 # StreamMismatchError are PublishErrors.

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable, NamedTuple, Optional
 
 from ._breaker import Connected
-from ._error_type import OTHER, error_type
+from ._error_type import NOT_SENT, OTHER, error_type
 from ._errors import ConfigError
 from ._version import __version__
 
@@ -48,6 +48,7 @@ _ERROR_TYPE = "error.type"
 
 _SENT = "messaging.client.sent.messages"
 _DURATION = "messaging.client.operation.duration"
+_UNSENT = "cellos.sink.unsent"
 
 
 class _Spec(NamedTuple):
@@ -60,8 +61,12 @@ class _Spec(NamedTuple):
 #: Every instrument :func:`instrument` registers (the README's table is this one).
 INSTRUMENTS = (
     _Spec(_SENT, "counter", "{message}",
-          "Events that reached the sink's queue: acknowledged (no error.type) or failed "
+          "Events the sink tried to send: acknowledged (no error.type) or failed "
           "(error.type says why)"),
+    _Spec(_UNSENT, "counter", "{message}",
+          "Events that failed without being sent: they waited in the queue until the caller "
+          "gave up (abandoned), their deadline passed (backpressure) or the sink closed "
+          "(closed)"),
     _Spec(_DURATION, "histogram", "s",
           "Duration of emit(), from the call to its return or raise (error.type on a raise)"),
     _Spec("cellos.sink.duplicates", "counter", "{message}",
@@ -220,6 +225,7 @@ class _Registry:
         }
         callbacks: dict[str, Callable[[Any], Iterable[Any]]] = {
             _SENT: self._sent,
+            _UNSENT: self._unsent,
             "cellos.sink.duplicates": self._each(lambda r: r.stats.duplicates),
             "cellos.sink.fast_failed": self._each(lambda r: r.stats.fast_failed),
             "cellos.sink.probes": self._each(lambda r: r.stats.probes),
@@ -326,10 +332,21 @@ class _Registry:
                 yield publish, stats.published
                 by_cause: Mapping[str, int] = getattr(stats, "failed_by_cause", {})
                 for cause, count in by_cause.items():
-                    yield {**publish, _ERROR_TYPE: cause}, count
+                    if cause not in NOT_SENT:  # those go to _UNSENT
+                        yield {**publish, _ERROR_TYPE: cause}, count
                 unexplained = stats.failed - sum(by_cause.values())
                 if unexplained > 0:
                     yield {**publish, _ERROR_TYPE: OTHER}, unexplained
+
+        return self._observe(points())
+
+    def _unsent(self, options: Any) -> Any:
+        def points() -> Iterator[tuple[Attributes, float]]:
+            for reading in self._readings():
+                by_cause: Mapping[str, int] = getattr(reading.stats, "failed_by_cause", {})
+                for cause, count in by_cause.items():
+                    if cause in NOT_SENT:
+                        yield {**reading.attributes, _ERROR_TYPE: cause}, count
 
         return self._observe(points())
 

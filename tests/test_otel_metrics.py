@@ -31,6 +31,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from cellos_sink_jetstream import (
+    BackpressureError,
     CircuitOpenError,
     CloudEventV1,
     ConfigError,
@@ -38,6 +39,7 @@ from cellos_sink_jetstream import (
     JetStreamEventSink,
     NoStreamError,
     PublishError,
+    SinkError,
     SpoolingEventSink,
     instrument,
     with_retry,
@@ -47,6 +49,7 @@ from tests._nats import stage_stream
 from tests._polling import wait_until
 from tests.conftest import StagedStream
 from tests.fakes import GatedPublisher
+from tests.test_chaos import frozen
 
 TEMPLATE = "cellos.events.{tenantId}"
 ALLOWED_ATTRIBUTES = {
@@ -274,8 +277,9 @@ def test_instruments_kinds_units_and_buckets_are_as_documented(
     expected = {"counter": Sum, "gauge": Gauge, "histogram": Histogram}
     spool_only = {spec.name for spec in INSTRUMENTS if spec.name.startswith("cellos.sink.spool.")}
     for spec in INSTRUMENTS:
-        if spec.name in spool_only:
-            assert spec.name not in metrics.points  # no spool: nothing reported
+        if spec.name in spool_only or spec.name == "cellos.sink.unsent":
+            # No spool, no event failed unsent: no series (each has its error.type).
+            assert spec.name not in metrics.points
             continue
         assert metrics.kinds[spec.name] is expected[spec.kind], spec.name
     (point,) = metrics.points["messaging.client.operation.duration"]
@@ -485,3 +489,47 @@ def test_without_opentelemetry_the_import_works_and_instrument_says_what_to_inst
     lines = done.stdout.splitlines()
     assert "pip install 'cellos-sink-jetstream[otel]'" in lines[0]
     assert lines[1] == "['opentelemetry']"
+
+
+def test_events_never_sent_are_not_counted_as_sent_messages(
+    stream: StagedStream, metrics: Metrics
+) -> None:
+    # The conventions: messaging.client.sent.messages "MUST NOT count messages that were
+    # created but haven't yet been sent". One the caller gave up on while it waited in the
+    # queue (abandoned) was never sent: it is counted by cellos.sink.unsent instead.
+    with JetStreamEventSink.connect(
+        stream.url, TEMPLATE, max_in_flight=1, publish_timeout=30.0
+    ) as sink:
+        instrument(sink, metrics.provider)
+        with frozen(stream.server):  # the server stops reading: the first ack waits
+            held = sink.emit_nowait(event(1))
+            with pytest.raises(BackpressureError):
+                sink.publish(event(2), timeout=0.2)  # gives up while queued behind it
+        held.result(timeout=30)
+        assert sink.flush(30)
+        wait_until(lambda: sink.stats().failed == 1, 10, "the abandoned event counted")
+        assert sink.stats().failed_by_cause == {"abandoned": 1}
+        metrics.collect()
+    assert metrics.ok_sent() == 1
+    assert metrics.errors() == {}
+    assert metrics.errors("cellos.sink.unsent") == {"abandoned": 1}
+    assert_bounded_attributes(metrics)
+
+
+def test_events_the_sink_closed_before_sending_are_counted_unsent(metrics: Metrics) -> None:
+    publisher = GatedPublisher()
+    sink = JetStreamEventSink.from_publisher(publisher, TEMPLATE, max_in_flight=1)
+    instrument(sink, metrics.provider)
+    futures = [sink.emit_nowait(event(n)) for n in range(3)]
+    publisher.next_call()  # held: never answered
+    wait_until(lambda: sink.stats().queue_depth == 2, 5, "two events queued")
+    sink.close(timeout=0.5)
+    for future in futures:
+        with pytest.raises(SinkError):
+            future.result(timeout=5)
+    causes = sink.stats().failed_by_cause
+    metrics.collect()
+    assert causes["closed"] == 2  # the queued two were never sent
+    assert "closed" not in metrics.errors()
+    assert metrics.errors("cellos.sink.unsent") == {"closed": 2}
+    assert sum(metrics.errors().values()) == sum(causes.values()) - 2
