@@ -135,6 +135,23 @@ class SinkClient(Client):
                 self._transport.close()  # type: ignore[no-untyped-call]
             raise nats.errors.Error("nats: the server did not answer PING with PONG")
 
+    async def _attempt_reconnect(self) -> None:
+        try:
+            await super()._attempt_reconnect()
+        except asyncio.InvalidStateError as exc:
+            # nats-py keeps one reconnect future on the client. When the connection drops
+            # again while a reconnect finishes (a peer that resets after PONG), the newer
+            # reconnect task replaces the future, the cancelled older one resolves it, and
+            # the newer one fails resolving it again as its very last step, which asyncio
+            # prints as "Task exception was never retrieved". Nothing is left undone then.
+            # Raised from anywhere else, it is not that and stays visible.
+            frame = exc.__traceback__
+            while frame is not None and frame.tb_next is not None:
+                frame = frame.tb_next
+            if frame is None or frame.tb_frame.f_code.co_name != "_attempt_reconnect":
+                raise
+            logger.debug("nats-py resolved its reconnect future twice; ignored")
+
     def _connect_command(self) -> bytes:
         # Called on every (re)connect, once the new transport exists and before CONNECT.
         writer = getattr(self._transport, "_io_writer", None)

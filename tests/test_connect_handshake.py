@@ -7,6 +7,8 @@ everything else is a real nats-server.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import threading
 from collections.abc import Awaitable, Iterator
 from typing import Callable
@@ -79,6 +81,15 @@ async def pong_then_silence(reader: asyncio.StreamReader, writer: asyncio.Stream
     await writer.drain()
     while await reader.read(4096):
         pass
+
+
+async def pong_then_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer PING with PONG, then reset the connection (TCP RST) before answering more."""
+    writer.write(b"PONG\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from tests._nats import stage_stream
 from tests._polling import wait_until
 from tests.conftest import ServerFactory
-from tests.test_connect_handshake import FakePeer, close_without_pong
+from tests.test_connect_handshake import FakePeer, close_without_pong, pong_then_reset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +57,22 @@ def test_a_refused_handshake_prints_nothing_and_logs_one_record() -> None:
     assert "Traceback" not in out
     [record] = records(out)
     assert "did not answer PING with PONG" in record
+
+
+@pytest.mark.fast_path  # see tox env publicpath
+@pytest.mark.parametrize("logging", ["stdout", "none"])
+def test_a_peer_that_resets_after_pong_prints_nothing(logging: str) -> None:
+    # nats-py reconnects to the same peer while connect() waits for JetStream; each
+    # reconnect that ends this way used to leave "Task exception was never retrieved ...
+    # InvalidStateError" on stderr (a reconnect task cancelled by the next one sets their
+    # shared future, then the next one sets it again).
+    with FakePeer(pong_then_reset) as peer:
+        out, err = finish(start_child("connect", f"nats://127.0.0.1:{peer.port}", logging))
+        assert peer.connections >= 2  # it did reconnect
+    assert err == ""
+    assert "REFUSED" in out
+    assert "never retrieved" not in out
+    assert "Traceback" not in out
 
 
 @pytest.mark.fast_path  # see tox env publicpath
