@@ -32,7 +32,7 @@ from cellos_sink_jetstream import (
     SinkClosedError,
 )
 from tests._polling import wait_until
-from tests.fakes import GatedPublisher, InstantPublisher
+from tests.fakes import GatedPublisher, InstantPublisher, SimplePublisher
 
 
 class FakeClock:
@@ -292,7 +292,7 @@ def test_close_from_many_threads_at_once(instant: Any) -> None:
 def test_emit_from_the_sinks_own_loop_raises_instead_of_deadlocking() -> None:
     seen: list[BaseException] = []
 
-    class ReentrantPublisher(InstantPublisher):
+    class ReentrantPublisher(SimplePublisher):
         sink: JetStreamEventSink
 
         async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
@@ -438,7 +438,7 @@ def test_transition_logs_show_the_time_to_the_next_probe_rounded(
 
 
 def test_a_crashing_publisher_gives_a_typed_error_and_keeps_the_loop_alive() -> None:
-    class Crashing(InstantPublisher):
+    class Crashing(SimplePublisher):
         async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
             if headers["Nats-Msg-Id"] == "evt-0":
                 raise RuntimeError("boom")
@@ -456,7 +456,7 @@ def test_a_crashing_publisher_gives_a_typed_error_and_keeps_the_loop_alive() -> 
 def test_fast_failures_are_retried_within_one_emit(clock: FakeClock) -> None:
     attempts: list[int] = []
 
-    class Flaky(InstantPublisher):
+    class Flaky(SimplePublisher):
         async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
             attempts.append(1)
             if len(attempts) < 3:
@@ -583,3 +583,24 @@ def test_publish_errors_carry_a_cause_only_when_they_say_nats_is_unavailable() -
 def test_exit_timeout_must_be_a_finite_positive_number(bad: object) -> None:
     with pytest.raises(ConfigError, match="exit_timeout"):
         JetStreamEventSink.from_publisher(InstantPublisher(), "a.b", exit_timeout=bad)
+
+
+def test_one_dispatch_path_a_simple_publisher_is_adapted_to_the_seam() -> None:
+    # The fakes implement the runner's seam, as NatsPublisher does; a simple publish()
+    # publisher is wrapped, so the runner drives the same code either way.
+    from cellos_sink_jetstream._seam import PipelinedPublisher, PublisherAdapter
+
+    seam, simple = InstantPublisher(), SimplePublisher()
+    with JetStreamEventSink.from_publisher(seam, "a.b") as direct:
+        direct.emit(make_event(1))
+        assert direct._runner is not None
+        assert direct._runner.publisher is seam
+    with JetStreamEventSink.from_publisher(simple, "a.b") as adapted:
+        adapted.emit(make_event(2))
+        assert adapted._runner is not None
+        assert isinstance(adapted._runner.publisher, PublisherAdapter)
+        assert isinstance(adapted._runner.publisher, PipelinedPublisher)
+        simple.failing.set()
+        with pytest.raises(PublishError, match="fake: NATS is down"):
+            adapted.emit(make_event(3))
+    assert [r[2]["Nats-Msg-Id"] for r in seam.received + simple.received] == ["evt-1", "evt-2"]
