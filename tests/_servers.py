@@ -28,12 +28,17 @@ folds runs of those lines into one.
 
 Secrets never leave this module in clear text: the configuration file is created with
 mode ``0600``, and ``repr()``, log messages and errors only show :attr:`NatsServer.client_url`.
+
+Also here: :func:`frozen`, which SIGSTOPs a server (a hung process) until the block ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -43,8 +48,9 @@ from typing import Any, Literal, Optional
 from cellos_sink_jetstream._errors import ConfigError
 from cellos_sink_jetstream._server import NatsServer as _LocalServer
 from cellos_sink_jetstream._server import NatsServerError, PathLike, _conf_str, free_port
+from tests._polling import wait_until
 
-__all__ = ["HealthCheck", "NatsCluster", "NatsServer"]
+__all__ = ["HealthCheck", "NatsCluster", "NatsServer", "all_threads_stopped", "frozen"]
 
 #: What :meth:`NatsServer.wait_ready` waits for; see the module documentation.
 HealthCheck = Literal["full", "js-meta-only", "js-enabled-only"]
@@ -446,3 +452,37 @@ class NatsCluster:
 
     def __repr__(self) -> str:
         return f"<NatsCluster {self.cluster_name} {self.servers!r}>"
+
+
+@contextlib.contextmanager
+def frozen(server: _LocalServer) -> Iterator[None]:
+    """SIGSTOP ``server`` (a hung process: sockets open, nothing read or answered) for the
+    block, SIGCONT after.
+
+    Entered only once every thread of the server has stopped: ``kill()`` returns before
+    that, and until then the server may still read and answer what the test sends next
+    (a test that counts unanswered publishes then sees some acked).
+    """
+    pid = server.pid
+    assert pid is not None, f"{server!r} is not running"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: all_threads_stopped(pid), 10, f"{server!r} did not stop")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (state ``T`` in /proc).
+
+    The process's own ``stat`` shows only its main thread, which may stop before the
+    others (a Go server answers from any of them).
+    """
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # the thread just ended
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+            # The state follows the command name in parentheses, which may hold spaces.
+            if stat.rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                return False
+    return True

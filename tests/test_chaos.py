@@ -84,7 +84,7 @@ from tests._nats import (
     wait_for_replicas_in_step,
 )
 from tests._polling import wait_until
-from tests._servers import NatsCluster, NatsServer
+from tests._servers import NatsCluster, NatsServer, frozen
 from tests.conftest import DUPLICATE_WINDOW, ServerFactory, StagedStream
 
 #: Publish timeout of the sinks under load: short, so that a dead server costs little.
@@ -122,32 +122,6 @@ def make_event(event_id: str, **data: Any) -> CloudEventV1:
 
 def sink_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(SINK_THREAD_PREFIX)]
-
-
-@contextlib.contextmanager
-def frozen(server: NatsServer) -> Iterator[None]:
-    """SIGSTOP the server (a hung process: sockets open, nothing read or answered)."""
-    pid = server.pid
-    assert pid is not None, f"{server!r} is not running"
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        # kill() returns before every thread of the server has stopped; until then it may
-        # still answer what the test sends next.
-        wait_until(lambda: all_threads_stopped(pid), 5, f"{server!r} did not stop")
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-def all_threads_stopped(pid: int) -> bool:
-    """Whether every thread of process ``pid`` is stopped (state ``T`` in /proc)."""
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(FileNotFoundError):  # the thread just ended
-            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
-            # The state follows the command name in parentheses, which may hold spaces.
-            if stat.rsplit(")", 1)[1].split()[0] not in ("T", "t"):
-                return False
-    return True
 
 
 def sockets_to(port: int) -> int:

@@ -21,8 +21,9 @@ from typing import IO, Optional
 import pytest
 
 from tests import exit_child
+from tests._servers import frozen
 from tests.conftest import StagedStream
-from tests.test_chaos import PROJECT_ROOT, frozen
+from tests.test_chaos import PROJECT_ROOT
 
 #: What must never appear on the stderr of an exiting child.
 NOISE = (

@@ -13,12 +13,10 @@ import gc
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,10 +37,10 @@ from cellos_sink_jetstream import (
     SpoolingEventSink,
 )
 from cellos_sink_jetstream._runner import BlockingRequest, LoopRunner, PublishRequest
-from cellos_sink_jetstream._server import NatsServer
 from cellos_sink_jetstream._sink import _CALLER_GRACE_SECONDS
 from tests._nats import DUPLICATE_WINDOW, read_stream
 from tests._polling import wait_until
+from tests._servers import frozen
 from tests.conftest import StagedStream
 from tests.fakes import GatedPublisher
 
@@ -80,25 +78,6 @@ def in_thread(fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
 
     threading.Thread(target=run, daemon=True).start()
     return outcome
-
-
-@contextlib.contextmanager
-def frozen(server: NatsServer) -> Iterator[None]:
-    """SIGSTOP the server (sockets open, nothing read or answered), SIGCONT after."""
-    pid = server.pid
-    assert pid is not None, f"{server!r} is not running"
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        # kill() returns before the process is stopped; it may still answer meanwhile.
-        wait_until(lambda: _process_state(pid) in "Tt", 5, f"{server!r} never stopped")
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-def _process_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0]
 
 
 def stored_ids(stream: StagedStream) -> list[str]:

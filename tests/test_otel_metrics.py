@@ -8,8 +8,6 @@ which need publishes held open (a gated fake publisher).
 from __future__ import annotations
 
 import gc
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -47,9 +45,9 @@ from cellos_sink_jetstream import (
 from cellos_sink_jetstream._otel import DURATION_BUCKETS, INSTRUMENTS, _Durations
 from tests._nats import stage_stream
 from tests._polling import wait_until
+from tests._servers import frozen
 from tests.conftest import StagedStream
 from tests.fakes import GatedPublisher
-from tests.test_chaos import frozen
 
 TEMPLATE = "cellos.events.{tenantId}"
 ALLOWED_ATTRIBUTES = {
@@ -215,22 +213,17 @@ def test_a_missing_stream_is_counted_as_no_stream(stream: StagedStream, metrics:
 def test_in_flight_and_queue_depth_while_the_server_is_paused(
     stream: StagedStream, metrics: Metrics
 ) -> None:
-    pid = stream.server.pid
-    assert pid is not None
     with JetStreamEventSink.connect(
         stream.url, TEMPLATE, max_in_flight=2, publish_timeout=30.0
     ) as sink:
         instrument(sink, metrics.provider)
         sink.emit(event(0))
-        os.kill(pid, signal.SIGSTOP)  # the server stops reading: acks wait
-        try:
+        with frozen(stream.server):  # the server stops reading: acks wait
             futures = [sink.emit_nowait(event(n)) for n in range(1, 6)]
             wait_until(lambda: sink.stats().queue_depth == 3, 10, "two sent, three queued")
             metrics.collect()
             assert metrics.value("cellos.sink.in_flight") == 5
             assert metrics.value("cellos.sink.queue.depth") == 3
-        finally:
-            os.kill(pid, signal.SIGCONT)
         for future in futures:
             future.result(timeout=30)
         metrics.collect()
