@@ -597,6 +597,10 @@ def test_bad_subject_template_is_one_line(capsys: pytest.CaptureFixture[str]) ->
         (["emit", "-", "--subject", "cellos.{tenant}"], "invalid subject template"),
         (["tail", "--subject", "cellos.{tenant}"], "{tenant}"),
         (["check", "--subject", TEMPLATE, "--ca-file", "/nonexistent/ca.pem"], "--ca-file"),
+        (["check", "--subject", TEMPLATE, "--stream", "bad name"], "--stream: 'bad name'"),
+        (["emit", "-", "--subject", TEMPLATE, "--stream", "a.b"], "--stream: 'a.b'"),
+        (["tail", "--subject", "cellos.events.>", "--stream", "x>"], "--stream: 'x>'"),
+        (["tail", "--subject", ""], "--subject"),
     ],
 )
 def test_usage_errors_in_option_values_exit_2(

@@ -13,6 +13,7 @@ from typing import Optional
 
 from .._config import scrub
 from .._errors import ConfigError, ConnectError, InvalidSubjectError, SinkError
+from .._sink import _STREAM_NAME_RE
 from ._exit_status import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -79,8 +80,28 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _check_option_values(args: argparse.Namespace) -> None:
+    # Values nats-py would otherwise refuse half-way with its own words (an "unexpected"
+    # failure, exit 1) are usage errors, named before anything connects.
+    stream = getattr(args, "stream", None)
+    if stream is not None and not _STREAM_NAME_RE.fullmatch(stream):
+        raise CliError(
+            f"--stream: {stream[:60]!r} is not a stream name JetStream accepts (printable "
+            "ASCII without spaces, '.', '*', '>', '/' or '\\'); pass the stream's name",
+            exit_code=EXIT_USAGE,
+        )
+    subject = getattr(args, "subject", None)
+    if subject is not None and not subject.strip():
+        raise CliError(
+            "--subject is empty; pass a subject such as 'cellos.events.{tenantId}' (tail "
+            "also takes NATS wildcards: 'cellos.events.>')",
+            exit_code=EXIT_USAGE,
+        )
+
+
 def _run_command(args: argparse.Namespace) -> int:
     try:
+        _check_option_values(args)
         return int(args.handler(args))
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
