@@ -72,6 +72,17 @@ def test_status_of_a_missing_directory_fails_clearly_and_of_an_unused_one_shows_
     assert list(tmp_path.iterdir()) == []  # reading created nothing
 
 
+def test_replay_of_a_missing_directory_fails_clearly_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A typo in the path must not create a fresh spool there and report it drained.
+    missing = tmp_path / "typo"
+    argv = ["spool", "replay", str(missing), "--subject", TEMPLATE, "--url", "nats://127.0.0.1:1"]
+    assert main(argv) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not missing.exists()
+
+
 def test_export_prints_json_lines_oldest_first_and_removes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

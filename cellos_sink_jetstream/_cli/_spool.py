@@ -8,12 +8,13 @@ process holds it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from .._spool import SpoolingEventSink
 from .._spool_reader import read_only
-from ._exit_status import EXIT_FAILURE, EXIT_OK
+from ._exit_status import EXIT_FAILURE, EXIT_OK, CliError
 from ._output import PROG, err, format_bytes, is_tty, out, plural
 from ._target import connect_sink_in_background, option, target_from_args
 
@@ -74,6 +75,9 @@ def cmd_spool_export(args: argparse.Namespace) -> int:
 def cmd_spool_replay(args: argparse.Namespace) -> int:
     """Send the spool to NATS, then exit: 0 when it is empty, 1 when events remain."""
     target = target_from_args(args)
+    if not os.path.isdir(args.dir):
+        # Opening would create a fresh, empty spool there and report it drained.
+        raise CliError(f"no spool directory {args.dir}: it does not exist")
     inner = connect_sink_in_background(
         target, args.subject, command="spool replay", stream=option(args, "stream")
     )
