@@ -560,6 +560,10 @@ def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+#: How often a connect attempt that survived its cancellation is cancelled again.
+_RECANCEL_SECONDS = 0.05
+
+
 async def _connect_unless_refused(
     connecting: Awaitable[None], refused: asyncio.Event, timeout: float
 ) -> None:
@@ -573,10 +577,13 @@ async def _connect_unless_refused(
         await asyncio.wait({attempt, refusal}, timeout=timeout, return_when=FIRST_COMPLETED)
     finally:
         refusal.cancel()
-        if not attempt.done():
+        # nats-py's connect() ends on cancellation; wait for it so no task is left. Cancel
+        # again until it does: up to Python 3.11, asyncio.wait_for (in its transport's
+        # connect) swallows a cancellation that lands as the socket attempt fails, and
+        # nats-py then retries a refused server forever.
+        while not attempt.done():
             attempt.cancel()
-            # nats-py's connect() ends on cancellation; wait for it so no task is left.
-            await asyncio.wait({attempt})
+            await asyncio.wait({attempt}, timeout=_RECANCEL_SECONDS)
     if attempt.cancelled():
         raise asyncio.TimeoutError
     attempt.result()

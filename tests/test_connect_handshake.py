@@ -16,6 +16,7 @@ from typing import Callable
 import pytest
 
 from cellos_sink_jetstream import CloudEventV1, Connected, ConnectError, JetStreamEventSink
+from cellos_sink_jetstream._publisher import _connect_unless_refused
 from tests._nats import read_stream, stage_stream
 from tests.conftest import ServerFactory
 
@@ -198,3 +199,28 @@ def test_connect_to_a_missing_expected_stream_still_succeeds(
     ) as sink:
         stage_stream(server.url, "CELLOS", ["cellos.events.>"])
         assert sink.publish(event(1)).stream == "CELLOS"
+
+
+def test_a_connect_attempt_that_swallows_a_cancellation_is_cancelled_again() -> None:
+    # Python <= 3.11's asyncio.wait_for (inside nats-py's transport connect) returns the
+    # inner outcome instead of raising CancelledError when both land at once: nats-py then
+    # retries a refused connect forever, and close() of a sink still connecting in the
+    # background left its thread running.
+    swallowed = []
+
+    async def stubborn_connect() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.append(True)  # as that race does: retry instead of ending
+        await asyncio.sleep(3600)
+
+    async def attempt() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await _connect_unless_refused(stubborn_connect(), asyncio.Event(), 0.01)
+
+    async def bounded() -> None:
+        await asyncio.wait_for(attempt(), 10.0)
+
+    asyncio.run(bounded())
+    assert swallowed == [True]
