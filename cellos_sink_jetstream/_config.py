@@ -168,6 +168,9 @@ def resolve_servers(
 def _normalise_server(server: str) -> str:
     """``server`` with a scheme and a port, or ValueError saying which part is wrong."""
     url = _with_scheme(server)
+    scheme, sep, rest = url.partition("://")
+    # Schemes are case-insensitive, but nats-py only recognises them in lower case.
+    url = f"{scheme.lower()}{sep}{rest}"
     try:
         parts = urlsplit(url)
         host = parts.hostname

@@ -424,6 +424,21 @@ def test_an_unbalanced_bracket_is_shown_redacted_not_as_a_placeholder() -> None:
     assert "secretpw" not in message
 
 
+def test_an_upper_case_scheme_is_read_as_its_lower_case(stream: StagedStream) -> None:
+    # Schemes are case-insensitive (RFC 3986); nats-py only knows "nats://" and "tls://"
+    # and took "NATS://h:p" for a host named "NATS", failing with a resolver error.
+    upper = "NATS://" + stream.url.removeprefix("nats://")
+    assert resolve_servers(upper, {})[0] == [stream.url]
+    assert resolve_servers("TLS://h:1,Nats://u:p@h", {})[0] == ["tls://h:1", "nats://u:p@h:4222"]
+    sink = build_primary_event_sink(
+        stream.subject("upper"), env={"NATS_URL": upper, "CELL_OS_REQUIRE_JETSTREAM": "1"}
+    )
+    try:
+        sink.emit({"specversion": "1.0", "id": "upper-1", "source": "/s", "type": "t"})
+    finally:
+        sink.close()
+
+
 def test_a_bare_host_and_port_in_nats_url_connects(stream: StagedStream) -> None:
     bare = stream.url.removeprefix("nats://")
     sink = build_primary_event_sink(
