@@ -240,12 +240,7 @@ class _Registry:
         }
         for spec in INSTRUMENTS:
             if spec.kind == "histogram":
-                self.duration = meter.create_histogram(
-                    spec.name,
-                    unit=spec.unit,
-                    description=spec.description,
-                    explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
-                )
+                self.duration = _create_histogram(meter, spec)
             else:
                 make[spec.kind](
                     spec.name,
@@ -349,6 +344,23 @@ class _Registry:
                         yield {**reading.attributes, _ERROR_TYPE: cause}, count
 
         return self._observe(points())
+
+
+def _create_histogram(meter: Any, spec: _Spec) -> Any:
+    """The duration histogram, with :data:`DURATION_BUCKETS` as the advised boundaries.
+
+    ``opentelemetry-api`` takes the advice from 1.30 on; older versions (the extra allows
+    1.24) refuse the argument, and get the SDK's default boundaries (or a View's).
+    """
+    try:
+        return meter.create_histogram(
+            spec.name,
+            unit=spec.unit,
+            description=spec.description,
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
+    except TypeError:
+        return meter.create_histogram(spec.name, unit=spec.unit, description=spec.description)
 
 
 def _publish_attributes(attributes: Attributes) -> dict[str, str]:

@@ -526,3 +526,38 @@ def test_events_the_sink_closed_before_sending_are_counted_unsent(metrics: Metri
     assert "closed" not in metrics.errors()
     assert metrics.errors("cellos.sink.unsent") == {"closed": 2}
     assert sum(metrics.errors().values()) == sum(causes.values()) - 2
+
+
+class _MeterBefore130:
+    """A meter of opentelemetry-api < 1.30 (the extra allows 1.24): ``create_histogram``
+    has no ``explicit_bucket_boundaries_advisory`` yet."""
+
+    def __init__(self, meter: Any) -> None:
+        self._meter = meter
+
+    def create_histogram(self, name: str, unit: str = "", description: str = "") -> Any:
+        return self._meter.create_histogram(name, unit=unit, description=description)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._meter, name)
+
+
+class _ProviderBefore130:
+    def __init__(self, provider: MeterProvider) -> None:
+        self._provider = provider
+
+    def get_meter(self, name: str, version: Optional[str] = None) -> Any:
+        return _MeterBefore130(self._provider.get_meter(name, version))
+
+
+def test_an_opentelemetry_api_older_than_1_30_gets_the_sdks_default_buckets(
+    stream: StagedStream, metrics: Metrics
+) -> None:
+    with JetStreamEventSink.connect(stream.url, TEMPLATE) as sink:
+        instrument(sink, _ProviderBefore130(metrics.provider))
+        sink.emit(event(1))
+    metrics.collect()
+    assert metrics.ok_sent() == 1
+    assert metrics.durations() == 1
+    (point,) = metrics.points["messaging.client.operation.duration"]
+    assert tuple(point.explicit_bounds) != DURATION_BUCKETS  # no advisory: the SDK's own
