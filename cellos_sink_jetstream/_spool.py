@@ -67,7 +67,6 @@ class SpoolStats:
         depth: Events in the spool now (dead letters not included).
         bytes: Size of the spool's files on disk now.
         oldest_age_s: Age in seconds of the oldest event in the spool now (0.0 when empty).
-        dead_letters: Events in the dead-letter table now.
         inner: The inner sink's :class:`SinkStats` (``None`` if it keeps none).
     """
 
@@ -78,7 +77,6 @@ class SpoolStats:
     depth: int
     bytes: int
     oldest_age_s: float
-    dead_letters: int
     inner: Optional[SinkStats]
 
 
@@ -296,7 +294,6 @@ class SpoolingEventSink:
             depth=self._store.depth,
             bytes=self._store.size_on_disk(),
             oldest_age_s=0.0 if oldest is None else max(0.0, self._now() - oldest),
-            dead_letters=self._store.dead_count,
             inner=inner_stats() if callable(inner_stats) else None,
         )
 

@@ -3,6 +3,7 @@ fake clock, and the spooling sink's direct / spool / dead-letter decisions."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -712,3 +713,16 @@ def test_replay_through_an_open_jetstream_circuit_waits_for_its_probe_schedule(
     finally:
         js.close()
         store.close()
+
+
+def test_spool_stats_has_exactly_the_documented_fields() -> None:
+    assert [f.name for f in dataclasses.fields(SpoolStats)] == [
+        "spooled",
+        "replayed",
+        "dead_lettered",
+        "replayed_late",
+        "depth",
+        "bytes",
+        "oldest_age_s",
+        "inner",
+    ]
