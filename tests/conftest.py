@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any, Optional
 
 import pytest
+from hypothesis import settings
 
 from tests._nats import (
     DUPLICATE_WINDOW,
@@ -31,6 +32,11 @@ from tests._nats import (
 from tests._servers import NatsCluster, NatsServer
 
 _SERVERS = pytest.StashKey[list[NatsServer]]()
+
+# No timing assertions in tests: Hypothesis's per-example deadline (200 ms) is one, and on a
+# loaded machine it fails examples that merely ran slowly ("Unreliable test timings").
+settings.register_profile("cellos", deadline=None)
+settings.load_profile("cellos")
 
 
 def _interrupt_on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
