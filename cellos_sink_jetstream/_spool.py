@@ -115,7 +115,7 @@ class SpoolingEventSink:
             clock: Wall clock for event ages (``time.time`` by default).
 
         Raises:
-            ConfigError: a bad ``max_bytes``.
+            ConfigError: a bad ``max_bytes``, or an empty ``path``.
             SpoolLockedError: another sink (any process) has ``path`` open.
             SpoolError: the directory or its database cannot be used.
         """
@@ -123,7 +123,11 @@ class SpoolingEventSink:
             raise ConfigError(f"max_bytes must be a positive int, got {max_bytes!r}")
         self._inner = inner
         self._now = clock if clock is not None else time.time
-        self._store = SpoolStore(os.fspath(path), max_bytes)
+        directory = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+        if not isinstance(directory, str) or not directory:
+            # "" would be the working directory, whatever it happens to be.
+            raise ConfigError(f"path must name the spool directory, got {path!r}")
+        self._store = SpoolStore(directory, max_bytes)
         self._jetstream = inner if isinstance(inner, JetStreamEventSink) else None
         self._spooled = 0
         self._dead_lettered = 0

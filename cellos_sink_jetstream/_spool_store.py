@@ -383,6 +383,11 @@ def _acquire_lock(directory: str) -> int:
     try:
         os.makedirs(directory, exist_ok=True)
         fd = os.open(os.path.join(directory, LOCK_FILE_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileExistsError, NotADirectoryError):
+        raise SpoolError(
+            f"cannot use {directory} as a spool directory: it (or a parent) is not a "
+            f"directory; give the process a directory of its own"
+        ) from None
     except OSError as exc:
         raise SpoolError(
             f"cannot use {directory} as a spool directory ({exc.strerror or exc}); give the "

@@ -547,6 +547,25 @@ def test_max_bytes_must_be_a_positive_int(tmp_path: Path) -> None:
             SpoolingEventSink(ScriptedSink(), tmp_path, max_bytes=bad)  # type: ignore[arg-type]
 
 
+def test_an_empty_path_is_a_config_error_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cellos_sink_jetstream import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    for bad in ("",):
+        with pytest.raises(ConfigError, match="path"):
+            SpoolingEventSink(ScriptedSink(), bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_that_is_a_file_is_a_spool_error_saying_so(tmp_path: Path) -> None:
+    file = tmp_path / "not-a-dir"
+    file.write_text("x")
+    with pytest.raises(SpoolError, match="not a directory"):
+        SpoolingEventSink(ScriptedSink(), file)
+
+
 def test_the_spool_bound_raises_spool_full_never_drops(
     tmp_path: Path, inner: ScriptedSink, clock: WallClock
 ) -> None:
