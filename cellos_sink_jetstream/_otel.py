@@ -414,13 +414,13 @@ def instrument(sink: Any, meter_provider: Any = None) -> None:
 
 
 def _time_emit(sink: Any, registry: _Registry, attributes: dict[str, str]) -> None:
-    # The class's emit, called on a weak reference: a bound method kept in the sink's own
-    # attribute would make a reference cycle, so a dropped sink would wait for the cycle
-    # collector before it is closed (whoever calls sink.emit holds the sink anyway). A
-    # sink instrumented for another provider already is timed around that wrapper.
+    # The wrapper holds the sink, as the bound method it replaces does: a caller may keep
+    # only `sink.emit` (a factory returning it). Kept in the sink's own attribute, that is
+    # a reference cycle: a sink dropped without close() is closed when the cycle collector
+    # finds it rather than at once. A sink instrumented for another provider already is
+    # timed around that wrapper.
     earlier: Optional[Callable[[Any], None]] = getattr(sink, "__dict__", {}).get("emit")
     method = type(sink).emit
-    held = weakref.ref(sink)
     clock = time.perf_counter
     succeeded = registry.durations(attributes).add
     failed: dict[str, Callable[[float], None]] = {}
@@ -429,7 +429,7 @@ def _time_emit(sink: Any, registry: _Registry, attributes: dict[str, str]) -> No
         started = clock()
         try:
             if earlier is None:
-                method(held(), event)
+                method(sink, event)
             else:
                 earlier(event)
         except BaseException as exc:

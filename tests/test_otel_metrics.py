@@ -8,6 +8,7 @@ which need publishes held open (a gated fake publisher).
 from __future__ import annotations
 
 import gc
+import json
 import subprocess
 import sys
 import textwrap
@@ -43,7 +44,7 @@ from cellos_sink_jetstream import (
     with_retry,
 )
 from cellos_sink_jetstream._otel import DURATION_BUCKETS, INSTRUMENTS, _Durations
-from tests._nats import stage_stream
+from tests._nats import read_stream, stage_stream
 from tests._polling import wait_until
 from tests._servers import frozen
 from tests.conftest import StagedStream
@@ -561,3 +562,27 @@ def test_an_opentelemetry_api_older_than_1_30_gets_the_sdks_default_buckets(
     assert metrics.durations() == 1
     (point,) = metrics.points["messaging.client.operation.duration"]
     assert tuple(point.explicit_bounds) != DURATION_BUCKETS  # no advisory: the SDK's own
+
+
+def test_an_instrumented_emit_held_alone_keeps_its_sink_as_a_bound_method_does(
+    stream: StagedStream, metrics: Metrics
+) -> None:
+    # emit = sink.emit, the sink itself dropped (a factory returning the callable): a plain
+    # sink's bound method keeps the sink alive, so the instrumented emit must too.
+    def make_emitter() -> Callable[[CloudEventV1], None]:
+        sink = JetStreamEventSink.connect(stream.url, TEMPLATE)
+        instrument(sink, metrics.provider)
+        return sink.emit
+
+    emit = make_emitter()
+    gc.collect()
+    emit(event(1))
+    metrics.collect()
+    assert metrics.ok_sent() == 1
+    assert metrics.durations() == 1
+    [stored] = read_stream(stream.url, stream.name)
+    assert json.loads(stored.data)["id"] == "evt-1"
+    del emit
+    gc.collect()  # the sink goes with its emit (and its finalizer closes it)
+    metrics.collect()
+    assert "messaging.client.sent.messages" not in metrics.points
