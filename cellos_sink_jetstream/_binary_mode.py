@@ -111,7 +111,8 @@ class BinaryEncoder:
         Raises:
             InvalidEventError: its ``datacontenttype`` cannot be a ``Content-Type`` header
                 (not printable ASCII, or a CloudEvents format, which receivers would take
-                for structured mode).
+                for structured mode), or its data is bytes that a receiver could not read
+                under that media type (not JSON under a JSON type, not UTF-8 under text/*).
         """
         headers = EncodedHeaders(self._fixed)
         headers[HEADER_MSG_ID] = event.id
@@ -135,11 +136,38 @@ class BinaryEncoder:
                     f"{media_type!a} in binary content mode would make receivers read the "
                     "message as structured; send this event in structured mode",
                 )
+            if isinstance(data, bytes):
+                _check_readable(data, media_type)
             headers[HEADER_CONTENT_TYPE] = media_type
         elif data is not None:
             headers[HEADER_CONTENT_TYPE] = _OCTET_STREAM if isinstance(data, bytes) else _JSON
         headers.wire = encode_header_block(dict(headers))
         return _body(data, media_type), headers
+
+
+def _check_readable(data: bytes, media_type: str) -> None:
+    # Sent as the body as it is; a receiver (from_nats_message, tail) reads the body by its
+    # media type, so what it could not read would be stored and never read back.
+    if _is_json_media_type(media_type):
+        try:
+            json.loads(data, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise InvalidEventError(
+                "data",
+                f"bytes data that is not valid JSON cannot be sent in binary content mode "
+                f"under datacontenttype {media_type!a} (receivers read it as JSON): send "
+                "valid JSON or use another media type, e.g. application/octet-stream",
+            ) from None
+    elif _is_text_media_type(media_type):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEventError(
+                "data",
+                f"bytes data that is not UTF-8 cannot be sent in binary content mode under "
+                f"datacontenttype {media_type!a} (receivers read it as UTF-8 text): encode "
+                "the text as UTF-8 or use another media type, e.g. application/octet-stream",
+            ) from None
 
 
 def _body(data: Any, media_type: Optional[str]) -> bytes:

@@ -359,3 +359,31 @@ def test_a_message_read_with_nats_pys_get_msg_reads_back_even_without_data(
 def test_headers_or_a_body_of_the_wrong_type_are_an_invalid_event(headers: Any, body: Any) -> None:
     with pytest.raises(InvalidEventError):
         CloudEventV1.from_nats_message(headers, body)
+
+
+@pytest.mark.parametrize(
+    ("data", "media_type"),
+    [
+        (b"\xff\xfe", "text/plain"),
+        (b"{not json", "application/json"),
+        (b"\xff", "application/vnd.cellos+json"),
+    ],
+)
+def test_bytes_data_a_receiver_could_not_read_under_its_media_type_is_refused(
+    stream: StagedStream, data: bytes, media_type: str
+) -> None:
+    # Binary mode sends bytes data as the body, as it is; a receiver reads the body by its
+    # media type (from_nats_message, tail). Stored, this event could never be read back.
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("unreadable"), content_mode="binary"
+    ) as sink:
+        bad = CloudEventV1(id="bad", source="/s", type="t", datacontenttype=media_type, data=data)
+        with pytest.raises(InvalidEventError, match="datacontenttype") as excinfo:
+            sink.emit(bad)
+        assert excinfo.value.attribute == "data"
+        good = CloudEventV1(
+            id="good", source="/s", type="t", datacontenttype=media_type, data=b'"ok"'
+        )
+        sink.emit(good)  # readable bytes under the same media type go
+    [message] = read_stream(stream.url, stream.name)
+    assert CloudEventV1.from_nats_message(message.headers, message.data).id == "good"
