@@ -63,12 +63,12 @@ INSTRUMENTS = (
     _Spec(_SENT, "counter", "{message}",
           "Events the sink tried to send: acknowledged (no error.type) or failed "
           "(error.type says why)"),
+    _Spec(_DURATION, "histogram", "s",
+          "Duration of emit(), from the call to its return or raise (error.type on a raise)"),
     _Spec(_UNSENT, "counter", "{message}",
           "Events that failed without being sent: they waited in the queue until the caller "
           "gave up (abandoned), their deadline passed (backpressure) or the sink closed "
           "(closed)"),
-    _Spec(_DURATION, "histogram", "s",
-          "Duration of emit(), from the call to its return or raise (error.type on a raise)"),
     _Spec("cellos.sink.duplicates", "counter", "{message}",
           "Acknowledged events JetStream had already stored (same id)"),
     _Spec("cellos.sink.fast_failed", "counter", "{message}",
