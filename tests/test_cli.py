@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from nats.aio.client import Client
 from nats.js import api
 
 from cellos_sink_jetstream import CloudEventV1, JetStreamEventSink, PubAck, PublishTimeoutError
@@ -39,8 +40,9 @@ from cellos_sink_jetstream._cli import (
     nats_stream_add_command,
     stream_warnings,
 )
+from cellos_sink_jetstream._cli._check import subject_covers, subjects_overlap
 from cellos_sink_jetstream._server import free_port
-from tests._nats import TLSFiles, publish, read_stream, stage_stream
+from tests._nats import TLSFiles, publish, read_stream, run, stage_stream
 from tests.conftest import ServerFactory, StagedStream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -403,6 +405,52 @@ def test_check_when_the_suggested_name_is_taken_says_how_to_add_the_subject(
     assert error.startswith("no JetStream stream captures audit._default.cells; add it to stream")
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "overlap", "a_covers_b"),
+    [
+        ("audit.*.cells", "audit.acme.cells", True, True),
+        ("audit.*.cells", "audit.x", False, False),
+        ("audit.*", "audit.>", True, False),
+        ("audit.>", "audit.a.b", True, True),
+        ("audit.>", "audit", False, False),
+        ("a.*.c", "a.b.*", True, False),
+        ("a.b", "a.b", True, True),
+        ("a.*", "a.*", True, True),
+        ("a.b.c", "a.b", False, False),
+    ],
+)
+def test_subject_overlap_and_cover(a: str, b: str, overlap: bool, a_covers_b: bool) -> None:
+    assert subjects_overlap(a, b) is overlap
+    assert subjects_overlap(b, a) is overlap
+    assert subject_covers(a, b) is a_covers_b
+
+
+def test_check_when_a_stream_holds_part_of_the_subjects_suggests_widening_it(
+    stream: StagedStream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # JetStream keeps a subject in one stream only: with PARTIAL on audit.acme.cells, both
+    # adding audit.*.cells to CELLOS and a new stream on it are refused ("subjects overlap").
+    stage_stream(stream.url, "PARTIAL", ["audit.acme.cells", "audit.x"])
+    status = main(["check", "--subject", "audit.{tenantId}.cells", "--url", stream.url])
+    captured = capsys.readouterr()
+    assert status == EXIT_FAILURE
+    assert "stream PARTIAL holds audit.acme.cells, which overlaps audit.*.cells" in captured.out
+    edit = "nats stream edit PARTIAL --subjects audit.x --subjects 'audit.*.cells'"
+    assert f"  {edit}\n" in captured.out
+    assert "nats stream add" not in captured.out
+    assert "nats stream edit CELLOS" not in captured.out
+    error = one_error_line(captured.err)
+    assert error.startswith("no JetStream stream captures audit._default.cells; widen stream")
+
+    # The suggested command is one JetStream accepts.
+    async def widen(nc: Client) -> None:
+        config = api.StreamConfig(name="PARTIAL", subjects=["audit.x", "audit.*.cells"])
+        await nc.jetstream().update_stream(config)
+
+    run(stream.url, widen)
+    assert main(["check", "--subject", "audit.{tenantId}.cells", "--url", stream.url]) == 0
+
+
 @pytest.mark.parametrize("name_taken", [False, True])
 def test_check_without_a_stream_says_a_running_sink_recovers_on_its_next_probe(
     stream: StagedStream, capsys: pytest.CaptureFixture[str], name_taken: bool
@@ -429,8 +477,16 @@ def test_check_with_an_expected_stream_of_other_subjects_suggests_editing_it(
     argv = ["check", "--subject", "audit.{tenantId}", "--stream", "AUDIT", "--url", stream.url]
     assert main(argv) == EXIT_FAILURE
     out = capsys.readouterr().out
-    assert "nats stream edit AUDIT --subjects audit.legacy --subjects 'audit.*'" in out
+    # audit.* covers audit.legacy, and JetStream refuses both in one stream ("subject
+    # overlaps"): the edit replaces it.
+    assert "  nats stream edit AUDIT --subjects 'audit.*'\n" in out
     assert "nats stream add AUDIT " not in out
+
+    async def widen(nc: Client) -> None:
+        await nc.jetstream().update_stream(api.StreamConfig(name="AUDIT", subjects=["audit.*"]))
+
+    run(stream.url, widen)
+    assert main(argv) == EXIT_OK
 
 
 def test_check_warns_about_a_weak_stream(

@@ -6,7 +6,7 @@ import argparse
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import nats.errors
 import nats.js.errors
@@ -150,6 +150,9 @@ class CheckFindings:
     name_taken_by: Optional[api.StreamInfo] = None
     #: ... and then a name no stream has, to suggest instead.
     free_name: Optional[str] = None
+    #: Streams holding subjects that overlap the capture pattern without capturing the
+    #: subject: JetStream then refuses the pattern in any other stream.
+    overlapping: tuple[api.StreamInfo, ...] = ()
 
 
 async def _stream_named(js: JetStreamContext, name: str) -> Optional[api.StreamInfo]:
@@ -159,8 +162,36 @@ async def _stream_named(js: JetStreamContext, name: str) -> Optional[api.StreamI
         return None
 
 
+async def _all_streams(js: JetStreamContext) -> Any:
+    for info in await js.streams_info():
+        yield info
+
+
+def subjects_overlap(first: str, second: str) -> bool:
+    """Whether some subject matches both NATS subject patterns."""
+    a, b = first.split("."), second.split(".")
+    for x, y in zip(a, b):
+        if x == ">" or y == ">":
+            return True
+        if "*" not in (x, y) and x != y:
+            return False
+    return len(a) == len(b)
+
+
+def subject_covers(pattern: str, subject: str) -> bool:
+    """Whether every subject ``subject`` matches also matches ``pattern``."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, part in enumerate(p):
+        if part == ">":
+            return i < len(s)
+        # A literal token covers only itself (not a wildcard); "*" covers any one token.
+        if i >= len(s) or s[i] == ">" or part not in ("*", s[i]):
+            return False
+    return len(p) == len(s)
+
+
 async def _gather_check_findings(
-    client: Client, subject: str, wanted: str = DEV_STREAM
+    client: Client, subject: str, template: str, wanted: str = DEV_STREAM
 ) -> CheckFindings:
     js = jetstream(client)
     version = server_version(client)
@@ -176,6 +207,16 @@ async def _gather_check_findings(
     if name is not None:
         stream = await js.stream_info(name)
         return CheckFindings(version, client.max_payload, account, stream)
+    pattern = capture_pattern(template)
+    overlapping = tuple(
+        [
+            info
+            async for info in _all_streams(js)
+            if any(subjects_overlap(pattern, held) for held in info.config.subjects or [])
+        ]
+    )
+    if overlapping:
+        return CheckFindings(version, client.max_payload, account, None, overlapping=overlapping)
     taken_by = await _stream_named(js, wanted)
     free_name = None
     if taken_by is not None:
@@ -198,7 +239,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     tenant: Optional[str] = args.tenant
     subject = _check_subject(template, tenant)
     wanted: str = args.stream or DEV_STREAM
-    findings = with_nats(target, lambda client: _gather_check_findings(client, subject, wanted))
+    findings = with_nats(
+        target, lambda client: _gather_check_findings(client, subject, template, wanted)
+    )
     out(
         f"server      {target.display_url} (nats-server {findings.server_version}, "
         f"max_payload {format_bytes(findings.max_payload)})"
@@ -233,9 +276,45 @@ def nats_stream_edit_command(name: str, subjects: Sequence[str], template: str) 
     return shlex.join(words)
 
 
+def _report_overlap(template: str, subject: str, streams: Sequence[api.StreamInfo]) -> None:
+    pattern = capture_pattern(template)
+    out(f"stream      none captures {subject}")
+    for info in streams:
+        clashing = [held for held in info.config.subjects or [] if subjects_overlap(pattern, held)]
+        out(
+            f"            stream {info.config.name} holds {', '.join(clashing)}, which overlaps "
+            f"{pattern}; JetStream keeps a subject in one stream only"
+        )
+    [only] = streams if len(streams) == 1 else [None]
+    subjects = list(only.config.subjects or []) if only is not None else []
+    if only is not None and all(
+        subject_covers(pattern, held) for held in subjects if subjects_overlap(pattern, held)
+    ):
+        kept = [held for held in subjects if not subjects_overlap(pattern, held)]
+        name = str(only.config.name)
+        out(f"The operator must widen {name} to the pattern (the list replaces its subjects):")
+        words = ["nats", "stream", "edit", name]
+        for held in [*kept, pattern]:
+            words += ["--subjects", held]
+        out(f"  {shlex.join(words)}")
+        out(f"note        {NEXT_PROBE_NOTE}")
+        raise CliError(
+            f"no JetStream stream captures {subject}; widen stream {name} to {pattern} "
+            f"(see the command above)"
+        )
+    out("The operator must rearrange those streams' subjects so that one stream holds it.")
+    out(f"note        {NEXT_PROBE_NOTE}")
+    raise CliError(
+        f"no JetStream stream captures {subject}, and {pattern} overlaps subjects of other "
+        f"streams (see above)"
+    )
+
+
 def _report_missing_stream(
     template: str, subject: str, wanted: str, findings: CheckFindings
 ) -> int:
+    if findings.overlapping:
+        _report_overlap(template, subject, findings.overlapping)
     existing = findings.name_taken_by
     if existing is None:
         out(f"stream      none captures {subject}")
