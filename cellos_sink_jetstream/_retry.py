@@ -10,6 +10,7 @@ from typing import Callable, TypeVar
 
 from ._breaker import backoff_delay
 from ._errors import CircuitOpenError, ConfigError
+from ._timeouts import MAX_TIMEOUT_SECONDS
 
 __all__ = ["DEFAULT_RETRY_BASE_DELAY", "DEFAULT_RETRY_MAX_DELAY", "retry_async", "with_retry"]
 
@@ -58,6 +59,9 @@ def with_retry(
     _check_attempts(max_attempts)
     _check_delay("base_delay", base_delay)
     _check_delay("max_delay", max_delay)
+    _check_retry_on(retry_on)
+    if not callable(sleep):
+        raise ConfigError(f"sleep must be a callable taking seconds, got {sleep!r}")
     for attempt in range(max_attempts - 1):
         try:
             return f()
@@ -74,11 +78,24 @@ def _delay_after(error: BaseException, attempt: int, base: float, cap: float) ->
 
 
 def _check_delay(name: str, value: float) -> None:
-    # "not value >= 0" also catches NaN, which every comparison would silently pass.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    if math.isinf(value):
-        raise ConfigError(f"{name} must be finite, got {value!r}")
+    # 0 is allowed (no wait); the upper bound is every timeout's. Comparing, not
+    # math.isinf(): an int too large for a float would raise OverflowError there, and
+    # "not 0 <= value" is also true for NaN, which every comparison would silently pass.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if not 0 <= value <= MAX_TIMEOUT_SECONDS:
+        raise ConfigError(
+            f"{name} must be >= 0 and <= {MAX_TIMEOUT_SECONDS:g} seconds (one day), got {value!r}"
+        )
+
+
+def _check_retry_on(retry_on: object) -> None:
+    # A bad retry_on would otherwise surface as a TypeError only when f() first fails.
+    classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes):
+        raise ConfigError(
+            f"retry_on must be an exception class or a tuple of them, got {retry_on!r}"
+        )
 
 
 async def retry_async(

@@ -132,6 +132,16 @@ def test_a_probe_in_progress_retry_after_zero_falls_back_to_the_backoff() -> Non
         ({"base_delay": float("nan")}, "base_delay"),
         ({"max_delay": float("inf")}, "max_delay"),
         ({"max_delay": "1"}, "max_delay"),
+        # Delays are capped like every timeout (one day); an int too large for a float
+        # raised OverflowError instead of naming the argument.
+        ({"max_delay": 10**400}, "max_delay"),
+        ({"base_delay": -(10**400)}, "base_delay"),
+        ({"max_delay": 86_400.5}, "max_delay"),
+        ({"base_delay": 1e10}, "base_delay"),
+        ({"max_delay": False}, "max_delay"),
+        ({"retry_on": ("not an exception",)}, "retry_on"),
+        ({"retry_on": (ValueError, 3)}, "retry_on"),
+        ({"sleep": None}, "sleep"),
     ],
 )
 def test_bad_arguments_are_config_errors_before_any_call(
