@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +19,7 @@ from ._config import (
 from ._errors import ConnectError
 from ._sink import EventSink, JetStreamEventSink, NoopEventSink
 from ._spool import DEFAULT_SPOOL_MAX_BYTES, SpoolingEventSink
+from ._visible import warn_visibly
 
 __all__ = ["build_primary_event_sink"]
 
@@ -96,25 +96,7 @@ def build_primary_event_sink(
 
 def _announce(detail: str) -> None:
     """Say once, where the operator will see it, that events are about to be dropped."""
-    message = f"events will be dropped (no-op sink): {detail}"
-    if _logging_configured():
-        logger.warning("%s", message)
-        return
-    # A library must not configure logging, but a silent data sink is worse: with no
-    # handler anywhere, a WARNING would vanish into the package's NullHandler.
-    stream = sys.stderr
-    if stream is None:  # pythonw and daemons without a stderr
-        return
-    try:
-        stream.write(f"cellos_sink_jetstream: {' '.join(message.split())}\n")
-        stream.flush()
-    except (OSError, ValueError):  # closed or broken stderr: nothing more can be done
-        pass
-
-
-def _logging_configured() -> bool:
-    handlers = [*logging.getLogger().handlers, *logger.handlers]
-    return any(not isinstance(handler, logging.NullHandler) for handler in handlers)
+    warn_visibly(f"events will be dropped (no-op sink): {detail}")
 
 
 def _spooling_sink(

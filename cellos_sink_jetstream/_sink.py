@@ -65,6 +65,7 @@ from ._subject import (
 )
 from ._timeouts import check_optional_timeout, check_timeout
 from ._trace import trace_stamper
+from ._visible import warn_visibly
 
 __all__ = ["EventLike", "EventSink", "JetStreamEventSink", "NoopEventSink", "SinkStats"]
 
@@ -280,6 +281,8 @@ class JetStreamEventSink:
         self._breaker = CircuitBreaker(clock, on_transition=self._on_transition)
         self._lock = threading.Lock()
         self._closed = False
+        # Set by the exit flush, whose own warning already counted the unsettled events.
+        self._exit_flush = False
         self._runner: Optional[LoopRunner] = None
         self._finalizer: Optional[weakref.finalize[..., Any]] = None
         self._published = self._duplicates = self._failed = 0
@@ -853,7 +856,9 @@ class JetStreamEventSink:
         # Keep part of the budget for stopping: cancelling and closing the connection.
         reserve = min(0.5, timeout / 2)
         if not runner.wait_settled(max(0.0, deadline - reserve - time.monotonic())):
-            logger.warning(
+            # At exit, the line that announced the wait already counted these events.
+            logger.log(
+                logging.DEBUG if self._exit_flush else logging.WARNING,
                 "closing with %d event(s) not acknowledged yet; those sent fail with "
                 "PublishTimeoutError (they may still be stored), the others with "
                 "SinkClosedError",
@@ -870,13 +875,13 @@ class JetStreamEventSink:
         unsettled = 0 if runner is None else runner.outstanding()
         timeout = self._settings.exit_timeout
         if unsettled:
-            logger.warning(
-                "exiting with %d event(s) unsettled on %s (the sink was not closed): waiting "
-                "up to %s (exit_timeout) for their outcome; Ctrl-C stops waiting",
-                unsettled,
-                self._display_url,
-                format_seconds(timeout),
+            # Visible even without logging configured: the program is only waiting for us.
+            warn_visibly(
+                f"exiting with {unsettled} event(s) unsettled on {self._display_url} (the "
+                f"sink was not closed): waiting up to {format_seconds(timeout)} "
+                f"(exit_timeout) for their outcome; Ctrl-C stops waiting"
             )
+        self._exit_flush = True
         self.close(timeout)
 
     def _abandon_at_exit(self) -> None:
@@ -887,11 +892,9 @@ class JetStreamEventSink:
             return
         unsettled = runner.outstanding()
         if unsettled:
-            logger.warning(
-                "exit flush interrupted (Ctrl-C): stopped waiting for %d unsettled event(s) "
-                "on %s; those already sent may still be stored",
-                unsettled,
-                self._display_url,
+            warn_visibly(
+                f"exit flush interrupted (Ctrl-C): stopped waiting for {unsettled} unsettled "
+                f"event(s) on {self._display_url}; those already sent may still be stored"
             )
         runner.stop(0.0)
 

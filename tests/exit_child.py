@@ -1,10 +1,10 @@
 """A child process for ``tests/test_exit.py``: leave events unsettled and exit without ``close()``.
 
-Run as ``python -m tests.exit_child URL SUBJECT MODE EXIT_TIMEOUT`` from the project root
-(``EXIT_TIMEOUT`` ``default`` leaves the option out). Logging goes to stderr as
-``LEVEL message``. It emits a few events, prints ``READY`` and waits for one line on
-stdin (the parent freezes the server meanwhile), then queues :data:`QUEUED` events with
-``emit_nowait()`` and
+Run as ``python -m tests.exit_child URL SUBJECT MODE EXIT_TIMEOUT [nolog]`` from the project
+root (``EXIT_TIMEOUT`` ``default`` leaves the option out). Logging goes to stderr as
+``LEVEL message``, unless ``nolog`` is given: then no logging is configured at all. It
+emits a few events, prints ``READY`` and waits for one line on stdin (the parent freezes
+the server meanwhile), then queues :data:`QUEUED` events with ``emit_nowait()`` and
 
 - MODE ``return``: prints ``EXITING`` and returns from ``main``;
 - MODE ``blocked``: prints ``BLOCKED`` and blocks in ``emit()`` until Ctrl-C (SIGINT),
@@ -29,8 +29,11 @@ def _event(event_id: str) -> CloudEventV1:
 
 
 def main(argv: list[str]) -> int:
-    url, subject, mode, exit_timeout = argv
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    url, subject, mode, exit_timeout, *rest = argv
+    if rest != ["nolog"]:
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s"
+        )
     options = {} if exit_timeout == "default" else {"exit_timeout": float(exit_timeout)}
     # A publish timeout longer than any wait here: only the exit flush's bound applies.
     sink = JetStreamEventSink.connect(url, subject, publish_timeout=60.0, **options)

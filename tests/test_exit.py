@@ -103,7 +103,7 @@ class Child:
 
 @contextmanager
 def exit_child_process(
-    stream: StagedStream, mode: str, exit_timeout: Optional[float]
+    stream: StagedStream, mode: str, exit_timeout: Optional[float], *, logging: bool = True
 ) -> Iterator[Child]:
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONWARNINGS": "default"}
     command = [
@@ -114,6 +114,7 @@ def exit_child_process(
         stream.subject("exit"),
         mode,
         "default" if exit_timeout is None else str(exit_timeout),
+        *([] if logging else ["nolog"]),
     ]
     pipes = subprocess.PIPE
     with subprocess.Popen(
@@ -149,8 +150,30 @@ def test_exit_without_close_waits_at_most_exit_timeout_and_says_how_many_were_un
     assert f"waiting up to {shown} (exit_timeout)" in line
     assert line.startswith("WARNING "), line
     assert sum("unsettled" in entry for entry in child.stderr) == 1, stderr
+    # One line counts them: closing at the deadline does not count them again.
+    assert sum(f"{exit_child.QUEUED} event(s)" in entry for entry in child.stderr) == 1, stderr
     for noise in NOISE:
         assert noise not in stderr, stderr
+
+
+def test_the_exit_flush_is_said_on_stderr_when_the_program_configured_no_logging(
+    stream: StagedStream,
+) -> None:
+    # The "exit without close() took 6.1 s, silently": a program that configured
+    # no logging still gets the one line (the package's NullHandler would swallow it).
+    with exit_child_process(stream, "return", 0.5, logging=False) as child:
+        child.expect("READY")
+        with frozen(stream.server):
+            child.tell("go")
+            child.expect("EXITING")
+            line = child.wait_for_log("unsettled", timeout=10)
+            status = child.join(timeout=30)
+    stderr = child.stderr_text()
+    assert status == 0, stderr
+    assert line.startswith("cellos_sink_jetstream: exiting with "), line
+    assert f"{exit_child.QUEUED} event(s)" in line, line
+    assert "(exit_timeout)" in line, line
+    assert len(child.stderr) == 1, stderr
 
 
 def test_ctrl_c_during_the_exit_flush_ends_it_at_once(stream: StagedStream) -> None:
