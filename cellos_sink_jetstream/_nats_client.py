@@ -432,7 +432,7 @@ def new_client(require_tls: bool, on_write_error: WriteErrorHandler) -> NatsClie
         _warned.append(misfit)
         logger.warning(
             "nats-py %s lacks %s, which the sink's fast path relies on; publishing through "
-            "nats-py's public API instead (slower, same guarantees)",
+            "nats-py's public API instead (slower; TLS is refused on that path)",
             nats_py_version(),
             misfit,
         )

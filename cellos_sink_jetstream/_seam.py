@@ -40,11 +40,13 @@ class PubAck:
 
 @runtime_checkable
 class Publisher(Protocol):
-    """What the sink needs from a JetStream client: publish one message, await its ack.
+    """A JetStream client for :meth:`JetStreamEventSink.from_publisher`: publish, await the ack.
 
-    Implementations raise this library's :class:`~cellos_sink_jetstream.PublishError`
-    subclasses; anything else is treated as a failure of NATS. The sink bounds every call
-    with its publish timeout, so an implementation need not.
+    The sink wraps it in :class:`PublisherAdapter` (one task per publish) to drive it
+    like its own pipelined publisher. Implementations raise this library's
+    :class:`~cellos_sink_jetstream.PublishError` subclasses; anything else is treated as a
+    failure of NATS. The sink bounds every call with its publish timeout, so an
+    implementation need not.
     """
 
     async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
