@@ -230,6 +230,7 @@ def read_stream(
     timeout: float = 10.0,
     tls: Optional[ssl.SSLContext] = None,
     connect_options: Optional[Mapping[str, Any]] = None,
+    retry_for: float = 0.0,
 ) -> list[Msg]:
     """Return every message stored in ``stream`` (optionally only ``subject``), oldest first.
 
@@ -238,7 +239,14 @@ def read_stream(
     published while reading may or may not be included. Each result is a nats-py
     :class:`~nats.aio.msg.Msg`: ``.data``, ``.headers``, ``.subject`` and
     ``.metadata.sequence.stream``.
+
+    With ``retry_for`` > 0, a read that meets no responders, a 503 or a timeout is done
+    again from the start for up to that many seconds: in a cluster whose member was just
+    restarted, the consumer may be placed where it is not served yet.
     """
+
+    async def read_again_while_unavailable(nc: Client) -> list[Msg]:
+        return await _retry(lambda: read(nc), retry_for)
 
     async def read(nc: Client) -> list[Msg]:
         js = nc.jetstream(timeout=timeout)
@@ -269,7 +277,7 @@ def read_stream(
                 await js.delete_consumer(stream, name)
         return messages
 
-    return run(servers, read, tls=tls, connect_options=connect_options)
+    return run(servers, read_again_while_unavailable, tls=tls, connect_options=connect_options)
 
 
 def stream_leader(

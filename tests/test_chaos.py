@@ -331,7 +331,7 @@ class Stored:
 
     @classmethod
     def read(cls, servers: Any, stream: str) -> Stored:
-        messages: list[Msg] = read_stream(servers, stream, timeout=20.0)
+        messages: list[Msg] = read_stream(servers, stream, timeout=20.0, retry_for=20.0)
         counts: Counter[str] = Counter()
         seqs: dict[str, int] = {}
         for msg in messages:
