@@ -421,6 +421,17 @@ class NatsPublisher:
 
     def _parse_ack(self, subject: str, data: bytes, status: Optional[str]) -> PubAck:
         if status == _STATUS_NO_RESPONDERS:
+            if not self._server_has_jetstream():
+                # The same "no responders" as for a missing stream, but staging one would
+                # not help: the server (say, restarted with another configuration) has
+                # no JetStream at all.
+                raise PublishError(
+                    f"JetStream is not enabled on the NATS server (no responders on "
+                    f"{subject!r}); the event was not stored. Enable JetStream on the server "
+                    f"(nats-server -js, or a jetstream block in its configuration), then "
+                    f"re-emit it",
+                    cause=FailureCause.JETSTREAM_UNAVAILABLE,
+                )
             raise NoStreamError(
                 f"no JetStream stream captures subject {subject!r} (no responders); the "
                 f"operator must create a stream whose subjects include it"
@@ -453,6 +464,12 @@ class NatsPublisher:
                 description=f"acknowledged by stream {stream[:100]!r}",
             )
         return PubAck(stream, seq, bool(body.get("duplicate", False)))
+
+    def _server_has_jetstream(self) -> bool:
+        # The server's INFO (sent again on every reconnect) carries "jetstream": true only
+        # when JetStream is enabled. Without an INFO to read, assume it is.
+        info = getattr(self._nc, "_server_info", None)
+        return not isinstance(info, dict) or not info or bool(info.get("jetstream"))
 
     def _raise_api_error(self, subject: str, error: Any) -> NoReturn:
         # What JetStream says about this message (a 4xx) goes to its caller alone; anything

@@ -163,6 +163,38 @@ def test_the_reconnection_itself_makes_the_next_emit_probe(stream: StagedStream)
     assert ids == ["evt-0", "evt-3"]
 
 
+def test_a_server_without_jetstream_is_jetstream_unavailable_not_a_missing_stream(
+    stream: StagedStream,
+) -> None:
+    # Restarted on the same port without JetStream, the server answers every publish with
+    # "no responders", as it does for a subject no stream captures; its INFO tells them
+    # apart. Staging a stream would not help, so "no stream" would send the operator
+    # the wrong way.
+    clock = FrozenClock()
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("nojs"), publish_timeout=2.0, retry_attempts=1, clock=clock
+    ) as sink:
+        sink.emit(event(0))
+        stream.server.kill()
+        with pytest.raises(PublishError):
+            sink.emit(event(1))  # opens the circuit: the connection is down
+        with NatsServer(port=stream.server.port, jetstream=False):
+            wait_until(
+                lambda: sink.debug_state() == Reconnecting(0, clock.now),
+                15,
+                "the sink did not reconnect to the server without JetStream",
+            )
+            with pytest.raises(PublishError) as failed:
+                sink.emit(event(2))  # the probe
+            assert not isinstance(failed.value, NoStreamError), failed.value
+            assert failed.value.cause is FailureCause.JETSTREAM_UNAVAILABLE
+            assert "JetStream is not enabled" in str(failed.value)
+            with pytest.raises(CircuitOpenError) as refused:
+                sink.emit(event(3))
+            assert refused.value.cause is FailureCause.JETSTREAM_UNAVAILABLE
+            assert "JetStream is unavailable" in str(refused.value)
+
+
 def test_staging_the_missing_stream_closes_the_circuit_on_the_next_probe(
     stream: StagedStream,
 ) -> None:
