@@ -104,7 +104,9 @@ def test_default_connect_timeout_is_five_seconds() -> None:
         sink = build_primary_event_sink("a.b", env={"NATS_URL": url})
         elapsed = time.monotonic() - started
     assert isinstance(sink, NoopEventSink)
-    assert 4.0 < elapsed < 5.0 + 1.5
+    # Wide of 5 s both ways, as a loaded machine only ever adds time: a default of 2 s
+    # would end before 4 s, a doubled or retried wait of 5 s would take 10 s.
+    assert 4.0 < elapsed < 9.0
 
 
 @pytest.mark.fast_path  # see tox env publicpath
