@@ -302,7 +302,19 @@ class JetStreamEventSink:
         tls: Optional[ssl.SSLContext] = None,
         env: Mapping[str, str] = os.environ,
         wait: bool = True,
-        **options: Any,
+        stream: Optional[str] = None,
+        publish_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        max_in_flight: int = 256,
+        max_queue: int = 8192,
+        retry_attempts: int = 3,
+        exit_timeout: float = 2.0,
+        on_transition: Optional[TransitionCallback] = None,
+        clock: Optional[Callable[[], float]] = None,
+        name: str = "cellos-sink-jetstream",
+        reconnect_time_wait: float = 0.25,
+        trace_context: bool = True,
+        content_mode: str = "structured",
     ) -> JetStreamEventSink:
         """Connect to NATS and return a ready sink.
 
@@ -319,16 +331,22 @@ class JetStreamEventSink:
             tls: A ready ``ssl.SSLContext`` (wins over ``ca_file``).
             env: Where environment variables are read from.
             wait: ``False``: return at once and connect in the background (see above).
-            **options: ``stream`` (expected stream name: sets ``Nats-Expected-Stream``),
-                ``publish_timeout`` (5 s), ``connect_timeout`` (5 s), ``max_in_flight``
-                (256), ``max_queue`` (8192), ``retry_attempts`` (3), ``exit_timeout`` (2 s:
-                how long the interpreter's exit waits for the events of a sink that was
-                never closed), ``on_transition``
-                (``callback(old_state, new_state)``), ``clock`` (breaker clock), ``name``
-                (client name), ``reconnect_time_wait`` (0.25 s), ``trace_context`` (True:
-                add the caller's OpenTelemetry span as ``traceparent``/``tracestate``),
-                ``content_mode`` (``"structured"``, or ``"binary"``: attributes as ``ce-``
-                headers, the body the data alone).
+            stream: Expected stream name: sets ``Nats-Expected-Stream``.
+            publish_timeout: Seconds an emit waits for its ack.
+            connect_timeout: Seconds to reach NATS.
+            max_in_flight: Most publishes awaiting their ack at once.
+            max_queue: Most events queued before ``emit`` blocks.
+            retry_attempts: Attempts per publish for fast, transient failures.
+            exit_timeout: How long the interpreter's exit waits for the events of a sink
+                that was never closed.
+            on_transition: ``callback(old_state, new_state)`` on every breaker change.
+            clock: The breaker's clock (``time.monotonic`` by default).
+            name: Client name shown by the server.
+            reconnect_time_wait: Seconds between reconnect attempts.
+            trace_context: Add the caller's OpenTelemetry span as
+                ``traceparent``/``tracestate``.
+            content_mode: ``"structured"``, or ``"binary"``: attributes as ``ce-``
+                headers, the body the data alone.
 
         Raises:
             ConfigError: a bad argument or environment variable.
@@ -341,10 +359,8 @@ class JetStreamEventSink:
             if ca is not None:
                 tls = root_ca_context(ca, ca_origin)
         display_url = redact_url(",".join(servers))
-        reconnect_time_wait = check_timeout(
-            "reconnect_time_wait", options.pop("reconnect_time_wait", 0.25)
-        )
-        name = str(options.pop("name", "cellos-sink-jetstream"))
+        reconnect_time_wait = check_timeout("reconnect_time_wait", reconnect_time_wait)
+        name = str(name)
 
         # The loop thread runs this: it holds the sink only weakly, or a sink dropped
         # without close() would never be collected (see _close_unreferenced).
@@ -365,7 +381,22 @@ class JetStreamEventSink:
             publisher.on_reconnected(restored)
             return publisher
 
-        sink = cls(connect_publisher, subject, display_url=display_url, **options)
+        sink = cls(
+            connect_publisher,
+            subject,
+            display_url=display_url,
+            stream=stream,
+            publish_timeout=publish_timeout,
+            connect_timeout=connect_timeout,
+            max_in_flight=max_in_flight,
+            max_queue=max_queue,
+            retry_attempts=retry_attempts,
+            exit_timeout=exit_timeout,
+            clock=clock,
+            on_transition=on_transition,
+            trace_context=trace_context,
+            content_mode=content_mode,
+        )
         settings_of_sink.append(sink._settings)
         restored = _weakly(sink._connection_restored)
         if wait:
@@ -376,7 +407,26 @@ class JetStreamEventSink:
 
     @classmethod
     def connect_with_root_ca(
-        cls, url: Optional[str], subject: str, ca_path: Union[str, os.PathLike[str]], **options: Any
+        cls,
+        url: Optional[str],
+        subject: str,
+        ca_path: Union[str, os.PathLike[str]],
+        *,
+        env: Mapping[str, str] = os.environ,
+        wait: bool = True,
+        stream: Optional[str] = None,
+        publish_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        max_in_flight: int = 256,
+        max_queue: int = 8192,
+        retry_attempts: int = 3,
+        exit_timeout: float = 2.0,
+        on_transition: Optional[TransitionCallback] = None,
+        clock: Optional[Callable[[], float]] = None,
+        name: str = "cellos-sink-jetstream",
+        reconnect_time_wait: float = 0.25,
+        trace_context: bool = True,
+        content_mode: str = "structured",
     ) -> JetStreamEventSink:
         """Connect over TLS, trusting only the private root CA in ``ca_path``.
 
@@ -385,16 +435,50 @@ class JetStreamEventSink:
         handshake; a server without TLS is refused. Other arguments as :meth:`connect`.
         """
         tls = root_ca_context(os.fspath(ca_path), "ca_path")
-        return cls.connect(url, subject, tls=tls, **options)
+        return cls.connect(
+            url,
+            subject,
+            tls=tls,
+            env=env,
+            wait=wait,
+            stream=stream,
+            publish_timeout=publish_timeout,
+            connect_timeout=connect_timeout,
+            max_in_flight=max_in_flight,
+            max_queue=max_queue,
+            retry_attempts=retry_attempts,
+            exit_timeout=exit_timeout,
+            on_transition=on_transition,
+            clock=clock,
+            name=name,
+            reconnect_time_wait=reconnect_time_wait,
+            trace_context=trace_context,
+            content_mode=content_mode,
+        )
 
     @classmethod
     def from_publisher(
-        cls, publisher: Publisher, subject: str, **options: Any
+        cls,
+        publisher: Publisher,
+        subject: str,
+        *,
+        stream: Optional[str] = None,
+        publish_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        max_in_flight: int = 256,
+        max_queue: int = 8192,
+        retry_attempts: int = 3,
+        exit_timeout: float = 2.0,
+        on_transition: Optional[TransitionCallback] = None,
+        clock: Optional[Callable[[], float]] = None,
+        trace_context: bool = True,
+        content_mode: str = "structured",
     ) -> JetStreamEventSink:
         """Build a sink around any :class:`Publisher` (a fake, in tests); no NATS needed.
 
         The publisher runs on the sink's background loop like the real one. If it has a
-        ``max_payload`` attribute, oversized events are refused before publishing.
+        ``max_payload`` attribute, oversized events are refused before publishing. The
+        keyword arguments are :meth:`connect`'s.
         """
         # The runner drives one seam; a simple publisher is adapted to it.
         seam: PipelinedPublisher = (
@@ -404,7 +488,22 @@ class JetStreamEventSink:
         async def ready() -> PipelinedPublisher:
             return seam
 
-        sink = cls(ready, subject, display_url=f"<{type(publisher).__name__}>", **options)
+        sink = cls(
+            ready,
+            subject,
+            display_url=f"<{type(publisher).__name__}>",
+            stream=stream,
+            publish_timeout=publish_timeout,
+            connect_timeout=connect_timeout,
+            max_in_flight=max_in_flight,
+            max_queue=max_queue,
+            retry_attempts=retry_attempts,
+            exit_timeout=exit_timeout,
+            clock=clock,
+            on_transition=on_transition,
+            trace_context=trace_context,
+            content_mode=content_mode,
+        )
         sink._start_runner()
         return sink
 

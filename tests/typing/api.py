@@ -111,6 +111,50 @@ def observability() -> None:
     del event
 
 
+def options_are_checked() -> None:
+    # Each typo is an error mypy must report: were the options **kwargs: Any again, the
+    # ignore would be unused, which strict mypy (warn_unused_ignores) reports instead.
+    JetStreamEventSink.connect(None, "a.b", publish_timout=1.0)  # type: ignore[call-arg]
+    JetStreamEventSink.connect(None, "a.b", publish_timeout="1")  # type: ignore[arg-type]
+    JetStreamEventSink.connect_with_root_ca(
+        None,
+        "a.b",
+        "ca.pem",
+        max_inflight=8,  # type: ignore[call-arg]
+    )
+    JetStreamEventSink.from_publisher(
+        NoopPublisher(),
+        "a.b",
+        retry_attemps=1,  # type: ignore[call-arg]
+    )
+    sink = JetStreamEventSink.connect(
+        None,
+        "a.b",
+        wait=False,
+        stream="CELLOS",
+        publish_timeout=1.0,
+        connect_timeout=1.0,
+        max_in_flight=8,
+        max_queue=16,
+        retry_attempts=1,
+        exit_timeout=0.5,
+        on_transition=lambda old, new: None,
+        clock=lambda: 0.0,
+        name="supervisor",
+        reconnect_time_wait=0.5,
+        trace_context=False,
+        content_mode="binary",
+    )
+    sink.close()
+
+
+class NoopPublisher:
+    """The simple publisher kind ``from_publisher`` accepts."""
+
+    async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
+        return PubAck("S", 1)
+
+
 def spooling() -> None:
     inner = JetStreamEventSink.connect(None, "cellos.events.{tenantId}", wait=False)
     with cs.SpoolingEventSink(inner, "/var/lib/cellos/spool", max_bytes=1 << 30) as sink:
