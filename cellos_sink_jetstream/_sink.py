@@ -83,8 +83,8 @@ _Request = TypeVar("_Request", bound=PublishRequest)
 # verdict (which the breaker needs) normally arrives before the caller gives up.
 _CALLER_GRACE_SECONDS = 0.25
 # JetStream's rule for stream names: printable ASCII without whitespace, ".", "*", ">",
-# or path separators.
-_STREAM_NAME_RE = re.compile(r"(?:(?![.*>/\\])[!-~])+")
+# or path separators. The CLI checks its --stream with it too.
+STREAM_NAME_RE = re.compile(r"(?:(?![.*>/\\])[!-~])+")
 
 
 @runtime_checkable
@@ -245,7 +245,7 @@ class JetStreamEventSink:
                 f"content_mode must be 'structured' or 'binary', got {content_mode!r}"
             )
         if stream is not None and (
-            not isinstance(stream, str) or not _STREAM_NAME_RE.fullmatch(stream)
+            not isinstance(stream, str) or not STREAM_NAME_RE.fullmatch(stream)
         ):
             raise ConfigError(
                 f"stream must be a JetStream stream name (printable ASCII without spaces, "

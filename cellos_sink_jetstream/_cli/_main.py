@@ -13,7 +13,7 @@ from typing import Optional
 
 from .._config import scrub
 from .._errors import ConfigError, ConnectError, InvalidSubjectError, SinkError
-from .._sink import _STREAM_NAME_RE
+from .._sink import STREAM_NAME_RE
 from ._exit_status import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -84,7 +84,7 @@ def _check_option_values(args: argparse.Namespace) -> None:
     # Values nats-py would otherwise refuse half-way with its own words (an "unexpected"
     # failure, exit 1) are usage errors, named before anything connects.
     stream = getattr(args, "stream", None)
-    if stream is not None and not _STREAM_NAME_RE.fullmatch(stream):
+    if stream is not None and not STREAM_NAME_RE.fullmatch(stream):
         raise CliError(
             f"--stream: {stream[:60]!r} is not a stream name JetStream accepts (printable "
             "ASCII without spaces, '.', '*', '>', '/' or '\\'); pass the stream's name",
