@@ -118,6 +118,8 @@ class NatsPublisher:
         self._listener: AckListener = _refuse_unheard_ack
         self._reconnect_listener: Callable[[], object] = _ignore_reconnect
         self._closing = False
+        # Pings the server after an ack that never came (see _watch_for_answers).
+        self._watch: Optional[asyncio.Task[None]] = None
         # JetStream's answer to connect()'s check: (data, status), until connect returns.
         self._check_answer: Optional[asyncio.Future[tuple[bytes, Optional[str]]]] = None
 
@@ -168,6 +170,7 @@ class NatsPublisher:
             if not publisher._closing:
                 logger.info("disconnected from NATS at %s", options.display_url)
             publisher._abandon_in_flight()
+            publisher._stop_watching()
 
         async def on_reconnected() -> None:
             logger.info("reconnected to NATS at %s", options.display_url)
@@ -407,7 +410,44 @@ class NatsPublisher:
 
     def forget(self, token: int) -> None:
         """Stop waiting for the ack of a :meth:`send_now` (its deadline passed)."""
-        self._pending.pop(token, None)
+        if self._pending.pop(token, None) is not None:
+            self._watch_after_silence()
+
+    def _watch_after_silence(self) -> None:
+        # An ack never came. If the server itself hangs (SIGSTOP, a stalled VM) the
+        # connection stays up, so nats-py never reconnects and never tells us when it
+        # answers again: ping it until it does.
+        if self._closing or self._watch is not None or not self._nc.is_connected:
+            return
+        self._watch = asyncio.get_running_loop().create_task(self._watch_for_answers())
+
+    async def _watch_for_answers(self) -> None:
+        """Tell the reconnect listener when a server that stopped answering PINGs answers.
+
+        A server that answers the PING within :data:`_SILENCE_SECONDS` was not hung
+        (JetStream alone was slow): nothing is said, the circuit keeps its schedule.
+        """
+        # One PING, never cancelled while the connection lives: nats-py pairs PONGs with
+        # its waiting futures in order, and a PONG for a cancelled one (flush(timeout)
+        # cancels it) raises inside its read loop and drops the rest of what was read.
+        ping = asyncio.ensure_future(self._nc.flush(timeout=_PING_PATIENCE_SECONDS))
+        try:
+            done, _ = await asyncio.wait({ping}, timeout=_SILENCE_SECONDS)
+            silent = not done
+            await ping
+        except Exception:  # the connection dropped: reconnecting tells instead
+            return
+        finally:
+            self._watch = None
+        if silent and not self._closing:
+            logger.info("NATS answers PINGs again after a silence")
+            self._reconnect_listener()
+
+    def _stop_watching(self) -> None:
+        # Only once the connection is gone (dropped, or closed): its PONG can no longer
+        # arrive for the future this cancels; a reconnection starts a fresh PONG queue.
+        if self._watch is not None:
+            self._watch.cancel()
 
     async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> PubAck:
         """Publish and wait for the ack; raise a :class:`PublishError` subclass otherwise."""
@@ -527,6 +567,7 @@ class NatsPublisher:
         self._closing = True
         self._abandon_in_flight()
         await close_quietly(self._nc)
+        self._stop_watching()
 
 
 def _connection_down(exc: BaseException) -> Optional[str]:
@@ -576,6 +617,11 @@ def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
         return text or "an error in the NATS client"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
+
+#: How long a PING may go unanswered before the server counts as silent (hung).
+_SILENCE_SECONDS = 1.0
+#: How long the watch's PING waits for its PONG (the connection dropping ends it sooner).
+_PING_PATIENCE_SECONDS = 24 * 3600
 
 #: How often a connect attempt that survived its cancellation is cancelled again.
 _RECANCEL_SECONDS = 0.05

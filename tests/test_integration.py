@@ -27,13 +27,15 @@ from cellos_sink_jetstream import (
     NoStreamError,
     PayloadTooLargeError,
     PublishError,
+    PublishTimeoutError,
     Reconnecting,
     StreamMismatchError,
     with_retry,
 )
+from cellos_sink_jetstream._publisher import _SILENCE_SECONDS
 from tests._nats import TLSFiles, read_stream, stage_stream
 from tests._polling import wait_until
-from tests._servers import NatsServer
+from tests._servers import NatsServer, frozen
 from tests.conftest import ServerFactory, StagedStream
 from tests.test_connect_handshake import FakePeer
 
@@ -161,6 +163,38 @@ def test_the_reconnection_itself_makes_the_next_emit_probe(stream: StagedStream)
         assert sink.stats().probes == 1
     ids = [json.loads(m.data)["id"] for m in read_stream(stream.url, stream.name)]
     assert ids == ["evt-0", "evt-3"]
+
+
+def test_a_hung_server_that_answers_again_makes_the_next_emit_probe(
+    stream: StagedStream,
+) -> None:
+    # A SIGSTOPped server keeps the connection up: nats-py never reconnects, so without a
+    # signal of its own the circuit would wait for its schedule (12.8 s after a 30 s hang).
+    clock = FrozenClock()
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("thaw"), publish_timeout=0.5, retry_attempts=1, clock=clock
+    ) as sink:
+        sink.emit(event(0))
+        with frozen(stream.server):
+            with pytest.raises(PublishTimeoutError):
+                sink.emit(event(1))
+            with pytest.raises(CircuitOpenError) as refused:
+                sink.emit(event(2))
+            assert refused.value.cause is FailureCause.TIMEOUT
+            # The hang itself, longer than a PING may go unanswered: nothing to wait for
+            # but the clock.
+            time.sleep(2 * _SILENCE_SECONDS + 0.5)
+            assert sink.debug_state() == Reconnecting(0, clock.now + refused.value.retry_after)
+        # The breaker's clock stands still: only the server answering again can make an
+        # emit probe.
+        wait_until(
+            lambda: sink.debug_state() == Reconnecting(0, clock.now),
+            15,
+            "the server answering again did not make the next probe due",
+        )
+        sink.emit(event(3))
+        assert sink.debug_state() == Connected()
+        assert sink.stats().probes == 1
 
 
 def test_a_server_without_jetstream_is_jetstream_unavailable_not_a_missing_stream(
