@@ -136,6 +136,8 @@ class SinkClient(Client):
             raise nats.errors.Error("nats: the server did not answer PING with PONG")
 
     async def _attempt_reconnect(self) -> None:
+        # Not in the fit check: were it renamed, only this quiet would be lost, which is
+        # not worth the public path (slower, no TLS); tests/test_nats_client.py notices.
         try:
             await super()._attempt_reconnect()
         except asyncio.InvalidStateError as exc:
