@@ -326,9 +326,16 @@ class SpoolingEventSink:
         """Wait until the spool is empty: everything replayed and acknowledged.
 
         Returns ``True`` once it is, ``False`` after ``timeout`` seconds (``None``: no
-        limit) or when the sink closed first. A bad ``timeout`` is a :class:`ConfigError`.
+        limit) or when the sink closed first. A bad ``timeout`` is a :class:`ConfigError`;
+        from the inner sink's loop thread (a callback), :class:`ReentrantEmitError`.
         """
         timeout = check_optional_timeout("timeout", timeout)
+        if self._on_inner_loop_thread():
+            raise ReentrantEmitError(
+                "drain() was called from the inner sink's background thread (an "
+                "on_transition callback or a future's done-callback?); replay needs that "
+                "thread, so waiting there would deadlock. Call it from another thread."
+            )
         with self._cond:
             self._interrupted = True  # end a back-off: someone is waiting now
             self._cond.notify_all()
@@ -340,7 +347,9 @@ class SpoolingEventSink:
         """Stop replay, close the spool and the inner sink; idempotent.
 
         What is still spooled stays on disk for the next sink on this directory. A bad
-        ``timeout`` is a :class:`ConfigError` (and closes nothing).
+        ``timeout`` is a :class:`ConfigError` (and closes nothing). Called from the inner
+        sink's loop thread (a callback) or the replay thread (a logging handler), it only
+        starts closing, on a thread of its own, and returns at once.
         """
         timeout = check_timeout("timeout", timeout)
         deadline = time.monotonic() + timeout
@@ -348,6 +357,19 @@ class SpoolingEventSink:
             if self._closed:
                 return
             self._closed = True
+        if self._on_inner_loop_thread() or threading.current_thread() is self._thread:
+            # Waiting for replay there would block what replay waits for (the inner
+            # sink's loop), or join the replay thread from itself: close elsewhere.
+            threading.Thread(
+                target=self._close_now,
+                args=(timeout, deadline),
+                name="cellos-sink-jetstream-spool-close",
+                daemon=True,
+            ).start()
+            return
+        self._close_now(timeout, deadline)
+
+    def _close_now(self, timeout: float, deadline: float) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -361,6 +383,11 @@ class SpoolingEventSink:
         depth = self._store.depth
         if depth:
             logger.info("closing with %d event(s) in the spool at %s", depth, self.path)
+
+    def _on_inner_loop_thread(self) -> bool:
+        inner = self._jetstream
+        runner = None if inner is None else inner._runner
+        return runner is not None and threading.get_ident() == runner.thread_ident
 
     def __enter__(self) -> Self:
         return self

@@ -8,10 +8,11 @@ import logging
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -27,12 +28,14 @@ from cellos_sink_jetstream import (
     PayloadTooLargeError,
     PublishError,
     Reconnecting,
+    ReentrantEmitError,
     SpoolError,
     SpoolingEventSink,
     SpoolLockedError,
     build_primary_event_sink,
 )
 from cellos_sink_jetstream._errors import FailureCause
+from cellos_sink_jetstream._server import free_port
 from cellos_sink_jetstream._spool_store import SpoolStore
 from tests._nats import STREAM_NAME, read_stream, stage_stream
 from tests._polling import wait_until
@@ -438,3 +441,87 @@ def test_an_event_over_max_payload_is_refused_while_the_circuit_is_open(
         with pytest.raises(PayloadTooLargeError):
             sink.emit(make_event("huge", data="x" * (2 << 20)))
         assert sink.stats().depth == 0
+
+
+# -- calls from the inner sink's loop thread (issue #9 item 5) --------------------------
+
+
+@contextlib.contextmanager
+def never_answered(url: str, subject: str) -> Iterator[None]:
+    """A core NATS subscriber on ``subject`` that never replies: publishes there hang."""
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(f"CONNECT {{}}\r\nSUB {subject} 1\r\nPING\r\n".encode())
+        received = b""
+        while b"PONG" not in received:
+            received += conn.recv(4096)
+        yield
+
+
+@pytest.fixture
+def replay_hanging(stream: StagedStream, tmp_path: Path) -> Iterator[SpoolingEventSink]:
+    """A spool whose replay has events in flight that are never answered (the inner
+    sink's loop is needed to settle them), over a healthy server."""
+    stage_stream(stream.url, "V4GOOD", ["v4.good"])
+    template = "v4.{tenantId}"
+    with never_answered(stream.url, "v4.never"):
+        # Spool three events while nothing is reachable: a background connect to a port
+        # nobody listens on keeps the circuit open.
+        offline = JetStreamEventSink.connect(
+            f"nats://127.0.0.1:{free_port()}", template, wait=False, publish_timeout=15.0
+        )
+        with SpoolingEventSink(offline, tmp_path) as spool:
+            for n in range(3):
+                spool.emit(tenant_event(f"hang-{n}", "never"))
+        inner = JetStreamEventSink.connect(stream.url, template, publish_timeout=15.0)
+        spool = SpoolingEventSink(inner, tmp_path)
+        try:
+            wait_until(lambda: inner.stats().in_flight > 0, 10, "replay sent nothing")
+            yield spool
+        finally:
+            spool.close(timeout=20.0)
+
+
+def tenant_event(event_id: str, tenant: str) -> CloudEventV1:
+    return CloudEventV1(
+        id=event_id, source="/tests/spool", type="cell.spool", extensions={"tenantid": tenant}
+    )
+
+
+def on_inner_loop_thread(spool: SpoolingEventSink, call: Callable[[], object]) -> list[object]:
+    """Run ``call`` in a done-callback on the inner sink's loop thread; return its outcome."""
+    inner = spool.inner
+    assert isinstance(inner, JetStreamEventSink)
+    outcome: list[object] = []
+
+    def callback(_future: object) -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:
+            outcome.append(exc)
+
+    inner.emit_nowait(tenant_event("trigger", "good")).add_done_callback(callback)
+    wait_until(lambda: outcome, 5, "the call blocked the inner sink's loop thread")
+    return outcome
+
+
+def test_drain_from_the_inner_sinks_loop_thread_is_refused_not_a_deadlock(
+    replay_hanging: SpoolingEventSink,
+) -> None:
+    # It used to wait there for a replay that needs that very loop: forever with no
+    # timeout, freezing every publish of the inner sink.
+    (outcome,) = on_inner_loop_thread(replay_hanging, replay_hanging.drain)
+    assert isinstance(outcome, ReentrantEmitError), outcome
+    assert "drain()" in str(outcome)
+    replay_hanging.inner.emit(tenant_event("after", "good"))  # the loop still publishes
+
+
+def test_close_from_the_inner_sinks_loop_thread_closes_in_the_background(
+    replay_hanging: SpoolingEventSink,
+) -> None:
+    # It used to wait there (for the replay thread, which waits for that very loop) up to
+    # its timeout, freezing every publish of the inner sink meanwhile.
+    (outcome,) = on_inner_loop_thread(replay_hanging, lambda: replay_hanging.close(15.0))
+    assert outcome is None
+    assert replay_hanging.closed
+    wait_until(lambda: replay_hanging.inner.closed, 10, "the inner sink was never closed")
