@@ -86,7 +86,8 @@ class SinkClient(Client):
     - It hands the messages of :meth:`subscribe_direct` subscriptions (the acks) to a
       plain function, without a queue and a task switch per message.
     - A reconnect whose peer never answers the handshake's PING with PONG is a failed
-      attempt, not a half-made connection.
+      attempt, not a half-made connection; after a first connect like that, none of
+      nats-py's connection tasks runs.
     """
 
     def __init__(self, require_tls: bool) -> None:
@@ -122,15 +123,21 @@ class SinkClient(Client):
     async def _process_connect_init(self) -> None:
         reconnecting = self.is_reconnecting
         await super()._process_connect_init()
-        if reconnecting and not self.is_connected:
-            # The peer hung up (or said something else) instead of answering the PING with
-            # PONG. nats-py carries on as if connected, starts its tasks, and the reconnect
-            # that follows fails one of them with InvalidStateError, which asyncio prints
-            # as "Task exception was never retrieved". Make it a failed attempt instead:
-            # nats-py then tries again later. (A first connect is judged by connect().)
-            for task in (self._reading_task, self._ping_interval_task, self._flusher_task):
-                if task is not None:
-                    task.cancel()
+        if self.is_connected:
+            return
+        # The peer hung up (or said something else) instead of answering the PING with
+        # PONG. nats-py carries on as if connected and starts its tasks; stop them before
+        # they first run. Its read loop would otherwise spin on the closed socket without
+        # ever yielding in nats-py releases that check for EOF only once connected (2.9,
+        # the oldest supported, among them): the loop thread wedged for good.
+        for task in (self._reading_task, self._ping_interval_task, self._flusher_task):
+            if task is not None:
+                task.cancel()
+        if reconnecting:
+            # The reconnect that would follow fails one of those tasks with
+            # InvalidStateError, which asyncio prints as "Task exception was never
+            # retrieved". Make it a failed attempt instead: nats-py tries again later.
+            # (A first connect returns, and is judged by connect().)
             if self._transport is not None:
                 self._transport.close()  # type: ignore[no-untyped-call]
             raise nats.errors.Error("nats: the server did not answer PING with PONG")
