@@ -157,15 +157,19 @@ class BlockingRequest(PublishRequest):
         self._ack, self._error = ack, error
         self._done.release()
 
-    def wait(self, timeout: float) -> bool:
-        """Block until the outcome is in; ``False`` after ``timeout`` (then it is abandoned).
+    def wait(self, timeout: float, grace: float = 0.0) -> bool:
+        """Block until the outcome is in; ``False`` if it is not (then it is abandoned).
 
-        An abandoned request that is still queued is not sent (:attr:`given_up_unsent`).
+        After ``timeout`` a request still queued is given up at once: it is never sent
+        (:attr:`given_up_unsent`). One already sent gets ``grace`` more seconds for the
+        loop to report its outcome (its deadline timer fires on a 50 ms slot).
         """
         if self._done.acquire(timeout=timeout):
             return True
-        with contextlib.suppress(IndexError):
+        try:
             self.given_up_unsent = self._unclaimed.pop()
+        except IndexError:  # sent, or being sent: its outcome is on the way
+            return self._done.acquire(timeout=grace)
         return False
 
     def outcome(self) -> PubAck:

@@ -548,7 +548,7 @@ class JetStreamEventSink:
     @staticmethod
     def _await_outcome(request: BlockingRequest, timeout: float) -> PubAck:
         remaining = request.deadline - time.monotonic()
-        if not request.wait(max(0.0, remaining) + _CALLER_GRACE_SECONDS):
+        if not request.wait(max(0.0, remaining), _CALLER_GRACE_SECONDS):
             if request.given_up_unsent:
                 raise BackpressureError(
                     f"the event waited in the sink's queue for {timeout:g}s and was not sent; "

@@ -7,7 +7,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import pytest
 
@@ -30,6 +30,7 @@ from cellos_sink_jetstream import (
     ReentrantEmitError,
     SinkClosedError,
 )
+from cellos_sink_jetstream._runner import BlockingRequest
 from tests._polling import wait_until
 from tests.fakes import GatedPublisher, InstantPublisher, SimplePublisher
 
@@ -607,3 +608,37 @@ def test_one_dispatch_path_a_simple_publisher_is_adapted_to_the_seam() -> None:
         with pytest.raises(PublishError, match="fake: NATS is down"):
             adapted.emit(make_event(3))
     assert [r[2]["Nats-Msg-Id"] for r in seam.received + simple.received] == ["evt-1", "evt-2"]
+
+
+# -- a blocking caller at its deadline (issue #9 item 6) --------------------------------
+
+
+def test_a_blocking_request_still_queued_at_its_deadline_is_given_up_at_once() -> None:
+    # It used to wait out the 0.25 s grace too, though the loop had not even taken it:
+    # an emit() stuck behind a full queue returned right at the edge of its bound,
+    # publish_timeout + 0.25 s (measured 1.256 s for 1.25 s under load).
+    request = BlockingRequest("s", b"", {}, 0.0, cast(Any, None))
+    outcome: list[bool] = []
+    threading.Thread(
+        target=lambda: outcome.append(request.wait(0.0, grace=3600.0)), daemon=True
+    ).start()
+    wait_until(lambda: outcome, 10, "a request never sent waited for the grace")
+    assert outcome == [False]
+    assert request.given_up_unsent
+    assert not request.claim()  # the loop will not send it
+
+
+def test_a_blocking_request_already_sent_at_its_deadline_waits_for_its_outcome() -> None:
+    request = BlockingRequest("s", b"", {}, 0.0, cast(Any, None))
+    assert request.claim()  # the loop sent it
+    outcome: list[bool] = []
+    caller = threading.Thread(
+        target=lambda: outcome.append(request.wait(0.0, grace=3600.0)), daemon=True
+    )
+    caller.start()
+    ack = PubAck("S", 1, False)
+    request.resolve(ack, None)
+    caller.join(10)
+    assert outcome == [True]
+    assert not request.given_up_unsent
+    assert request.outcome() == ack
