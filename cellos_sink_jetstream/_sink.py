@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import os
 import re
 import ssl
@@ -206,6 +207,26 @@ def _positive(name: str, value: object, kind: type = float) -> Any:
     return value
 
 
+def _check_clock(clock: Optional[Callable[[], float]]) -> None:
+    # A clock that cannot be read would fail on the loop thread, where the breaker reads
+    # it: ask it once here, while the caller can still hear about it.
+    if clock is None:
+        return
+    try:
+        now = clock() if callable(clock) else None
+    except Exception as exc:
+        raise ConfigError(f"clock() raised {type(exc).__name__}: {exc}") from None
+    if isinstance(now, bool) or not (isinstance(now, int) or _finite_float(now)):
+        raise ConfigError(
+            f"clock must be a callable returning finite seconds (like time.monotonic), "
+            f"got {clock!r} returning {now!r}"
+        )
+
+
+def _finite_float(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
 class JetStreamEventSink:
     """Publishes CloudEvents to NATS JetStream with one blocking call, :meth:`emit`.
 
@@ -240,6 +261,11 @@ class JetStreamEventSink:
         validate_subject_template(subject)
         if not isinstance(trace_context, bool):
             raise ConfigError(f"trace_context must be True or False, got {trace_context!r}")
+        if on_transition is not None and not callable(on_transition):
+            raise ConfigError(
+                f"on_transition must be a callable(old_state, new_state), got {on_transition!r}"
+            )
+        _check_clock(clock)
         if content_mode not in CONTENT_MODES:
             raise ConfigError(
                 f"content_mode must be 'structured' or 'binary', got {content_mode!r}"

@@ -642,3 +642,24 @@ def test_a_blocking_request_already_sent_at_its_deadline_waits_for_its_outcome()
     assert outcome == [True]
     assert not request.given_up_unsent
     assert request.outcome() == ack
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"clock": 1}, "clock"),
+        ({"clock": lambda: "x"}, "clock"),
+        ({"clock": lambda: float("nan")}, "clock"),
+        ({"clock": lambda: float("inf")}, "clock"),
+        ({"clock": lambda: 1 / 0}, "clock"),
+        ({"on_transition": 1}, "on_transition"),
+    ],
+)
+def test_a_clock_or_callback_that_cannot_work_is_a_config_error(
+    options: dict[str, Any], name: str
+) -> None:
+    # They used to be accepted: a bad clock then kept the circuit from ever opening
+    # (its failure swallowed on the loop thread), a non-callable on_transition was only
+    # logged as "raised" at every transition.
+    with pytest.raises(ConfigError, match=name):
+        JetStreamEventSink.from_publisher(InstantPublisher(), "cellos.events.x", **options)
