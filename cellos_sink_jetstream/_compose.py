@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Callable, Optional
+
+from typing_extensions import TypedDict, Unpack
 
 from ._config import (
     ENV_NATS_URL,
@@ -17,7 +20,7 @@ from ._config import (
     env_positive_int,
 )
 from ._errors import ConnectError
-from ._sink import EventSink, JetStreamEventSink, NoopEventSink
+from ._sink import EventSink, JetStreamEventSink, NoopEventSink, TransitionCallback
 from ._spool import DEFAULT_SPOOL_MAX_BYTES, SpoolingEventSink
 from ._visible import warn_visibly
 
@@ -26,8 +29,31 @@ __all__ = ["build_primary_event_sink"]
 logger = logging.getLogger("cellos_sink_jetstream")
 
 
+class SinkOptions(TypedDict, total=False):
+    """The options of :meth:`JetStreamEventSink.connect` ``build_primary_event_sink`` passes on.
+
+    A typed ``**options``: a type checker catches a misspelt one.
+    """
+
+    ca_file: Optional[str]
+    tls: Optional[ssl.SSLContext]
+    stream: Optional[str]
+    publish_timeout: float
+    connect_timeout: float
+    max_in_flight: int
+    max_queue: int
+    retry_attempts: int
+    exit_timeout: float
+    on_transition: Optional[TransitionCallback]
+    clock: Optional[Callable[[], float]]
+    name: str
+    reconnect_time_wait: float
+    trace_context: bool
+    content_mode: str
+
+
 def build_primary_event_sink(
-    subject: str, env: Mapping[str, str] = os.environ, **options: Any
+    subject: str, env: Mapping[str, str] = os.environ, **options: Unpack[SinkOptions]
 ) -> EventSink:
     """Build the supervisor's primary sink from the environment.
 
@@ -106,7 +132,7 @@ def _spooling_sink(
     spool_dir: str,
     max_bytes: int,
     require: bool,
-    options: dict[str, Any],
+    options: SinkOptions,
 ) -> SpoolingEventSink:
     try:
         inner = JetStreamEventSink.connect(None, subject, env=env, **options)

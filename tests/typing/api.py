@@ -127,6 +127,8 @@ def options_are_checked() -> None:
         "a.b",
         retry_attemps=1,  # type: ignore[call-arg]
     )
+    build_primary_event_sink("a.b", publish_timout=1.0)  # type: ignore[call-arg]
+    build_primary_event_sink("a.b", publish_timeout=1.0, stream="CELLOS").close()
     sink = JetStreamEventSink.connect(
         None,
         "a.b",
