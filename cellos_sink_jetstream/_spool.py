@@ -10,10 +10,12 @@ JetStream receives events in the order their ``emit()`` returned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, Optional, Union
@@ -133,21 +135,26 @@ class SpoolingEventSink:
         self._dead_lettered = 0
         self._closed = False
         self._close_lock = threading.Lock()
-        # Replay thread state, guarded by _cond: new work, an interruption (close, or the
-        # inner circuit's transition), and drain() callers waiting for an empty spool.
-        self._cond = threading.Condition(threading.Lock())
-        self._new_work = False
-        self._interrupted = False
-        self._stopping = False
-        self._spooling_logged = False
+        # What the replay thread shares with this sink. Nothing the thread holds refers to
+        # the sink itself, so a sink dropped without close() is collected (and closed).
+        self._control = _ReplayControl()
+        self._cond = self._control.cond
         self._replayer = Replayer(
-            self._store, inner, now=self._now, on_progress=self._on_replay_progress
+            self._store, inner, now=self._now, on_progress=self._control.notify
         )
         if self._jetstream is not None:
-            self._jetstream._add_transition_listener(self._on_inner_transition)
+            self._jetstream._add_transition_listener(self._control.interrupt)
         self._thread = threading.Thread(
-            target=self._replay_loop, name="cellos-sink-jetstream-spool", daemon=True
+            target=_replay_loop,
+            args=(self._control, self._replayer, self._store),
+            name="cellos-sink-jetstream-spool",
+            daemon=True,
         )
+        self._finalizer = weakref.finalize(
+            self, _close_unreferenced, self._control, self._thread, self._store, inner
+        )
+        # At exit, the inner sink's own exit flush stops replay.
+        self._finalizer.atexit = False
         self._thread.start()
 
     # -- emitting --------------------------------------------------------------------
@@ -207,10 +214,10 @@ class SpoolingEventSink:
         self._store.append(event.id, payload, self._now(), tenant)
         with self._cond:
             self._spooled += 1
-            self._new_work = True
+            self._control.new_work = True
             self._cond.notify_all()
-        if reason is not None and not self._spooling_logged:
-            self._spooling_logged = True
+        if reason is not None and not self._control.spooling_logged:
+            self._control.spooling_logged = True
             logger.warning(
                 "NATS cannot take events right now (%s); spooling them to %s until it can",
                 type(reason).__name__,
@@ -232,53 +239,6 @@ class SpoolingEventSink:
             reason,
             self._store.directory,
         )
-
-    # -- replay thread ---------------------------------------------------------------
-
-    def _replay_loop(self) -> None:
-        failing = False
-        while True:
-            with self._cond:
-                if self._stopping:
-                    return
-                self._new_work = self._interrupted = False
-            try:
-                delay = self._replayer.run_once()
-            except ReplayStopped:
-                logger.info("the inner sink closed: spool replay stops")
-                return
-            except Exception:
-                if self._closed:
-                    return
-                # The whole story once per streak of failures (a failing disk fails again).
-                log = logger.debug if failing else logger.exception
-                log("spool replay failed; retrying every %gs", _REPLAY_ERROR_BACKOFF)
-                failing = True
-                delay = _REPLAY_ERROR_BACKOFF
-            else:
-                failing = False
-            with self._cond:
-                self._cond.notify_all()  # drain() callers re-check the depth
-                if delay is None:
-                    self._spooling_logged = False
-                    # Idle until an event is spooled; the depth check covers one spooled
-                    # while this pass ran.
-                    self._cond.wait_for(
-                        lambda: self._stopping or self._new_work or self._store.depth > 0
-                    )
-                elif delay > 0:
-                    # The circuit is open (or a failure backs off): new events do not help,
-                    # only time, a transition or close() do.
-                    self._cond.wait_for(lambda: self._stopping or self._interrupted, delay)
-
-    def _on_replay_progress(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def _on_inner_transition(self, old: BreakerState, new: BreakerState) -> None:
-        with self._cond:
-            self._interrupted = True
-            self._cond.notify_all()
 
     # -- reading ---------------------------------------------------------------------
 
@@ -336,11 +296,12 @@ class SpoolingEventSink:
                 "on_transition callback or a future's done-callback?); replay needs that "
                 "thread, so waiting there would deadlock. Call it from another thread."
             )
+        control = self._control
         with self._cond:
-            self._interrupted = True  # end a back-off: someone is waiting now
+            control.interrupted = True  # end a back-off: someone is waiting now
             self._cond.notify_all()
             return self._cond.wait_for(
-                lambda: self._store.depth == 0 or self._stopping, timeout
+                lambda: self._store.depth == 0 or control.stopping, timeout
             ) and (self._store.depth == 0)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -356,33 +317,21 @@ class SpoolingEventSink:
         with self._close_lock:
             if self._closed:
                 return
-            self._closed = True
+            self._closed = self._control.closing = True
+            self._finalizer.detach()
         if self._on_inner_loop_thread() or threading.current_thread() is self._thread:
             # Waiting for replay there would block what replay waits for (the inner
             # sink's loop), or join the replay thread from itself: close elsewhere.
-            threading.Thread(
-                target=self._close_now,
-                args=(timeout, deadline),
-                name="cellos-sink-jetstream-spool-close",
-                daemon=True,
-            ).start()
+            _close_in_background(self._control, self._thread, self._store, self._inner, timeout)
             return
-        self._close_now(timeout, deadline)
-
-    def _close_now(self, timeout: float, deadline: float) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        # Closing the inner sink settles what replay has in flight, so the thread ends.
-        self._thread.join(max(0.0, min(0.5, deadline - time.monotonic())))
-        _close_inner(self._inner, max(0.0, deadline - time.monotonic()))
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
-            logger.warning("the spool replay thread did not stop within %gs", timeout)
-        self._store.close()
-        depth = self._store.depth
-        if depth:
-            logger.info("closing with %d event(s) in the spool at %s", depth, self.path)
+        _close(
+            self._control,
+            self._thread,
+            self._store,
+            self._inner,
+            timeout=timeout,
+            deadline=deadline,
+        )
 
     def _on_inner_loop_thread(self) -> bool:
         inner = self._jetstream
@@ -406,6 +355,125 @@ class SpoolingEventSink:
 
 
 _MIN_CLOSE_SECONDS = 0.001
+# How long closing a spooling sink that was dropped without close() may take.
+_UNREFERENCED_CLOSE_SECONDS = 10.0
+
+
+class _ReplayControl:
+    """The replay thread's state, shared with its sink and guarded by :attr:`cond`.
+
+    New work, an interruption (a drain() caller, or the inner circuit's transition),
+    closing. The replay thread holds this and never the sink, so that a sink dropped without
+    close() can be collected.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.new_work = False
+        self.interrupted = False
+        self.stopping = False
+        self.closing = False
+        self.spooling_logged = False
+
+    def notify(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def interrupt(self, old: BreakerState, new: BreakerState) -> None:
+        with self.cond:
+            self.interrupted = True
+            self.cond.notify_all()
+
+
+def _replay_loop(control: _ReplayControl, replayer: Replayer, store: SpoolStore) -> None:
+    failing = False
+    cond = control.cond
+    while True:
+        with cond:
+            if control.stopping:
+                return
+            control.new_work = control.interrupted = False
+        try:
+            delay = replayer.run_once()
+        except ReplayStopped:
+            logger.info("the inner sink closed: spool replay stops")
+            return
+        except Exception:
+            if control.closing:
+                return
+            # The whole story once per streak of failures (a failing disk fails again).
+            log = logger.debug if failing else logger.exception
+            log("spool replay failed; retrying every %gs", _REPLAY_ERROR_BACKOFF)
+            failing = True
+            delay = _REPLAY_ERROR_BACKOFF
+        else:
+            failing = False
+        with cond:
+            cond.notify_all()  # drain() callers re-check the depth
+            if delay is None:
+                control.spooling_logged = False
+                # Idle until an event is spooled; the depth check covers one spooled
+                # while this pass ran.
+                cond.wait_for(lambda: control.stopping or control.new_work or store.depth > 0)
+            elif delay > 0:
+                # The circuit is open (or a failure backs off): new events do not help,
+                # only time, a transition or close() do.
+                cond.wait_for(lambda: control.stopping or control.interrupted, delay)
+
+
+def _close(
+    control: _ReplayControl,
+    thread: threading.Thread,
+    store: SpoolStore,
+    inner: EventSink,
+    *,
+    timeout: float,
+    deadline: float,
+) -> None:
+    with control.cond:
+        control.stopping = True
+        control.cond.notify_all()
+    # Closing the inner sink settles what replay has in flight, so the thread ends.
+    thread.join(max(0.0, min(0.5, deadline - time.monotonic())))
+    _close_inner(inner, max(0.0, deadline - time.monotonic()))
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread.is_alive():
+        logger.warning("the spool replay thread did not stop within %gs", timeout)
+    store.close()
+    depth = store.depth
+    if depth:
+        logger.info("closing with %d event(s) in the spool at %s", depth, store.directory)
+
+
+def _close_in_background(
+    control: _ReplayControl,
+    thread: threading.Thread,
+    store: SpoolStore,
+    inner: EventSink,
+    timeout: float,
+) -> None:
+    threading.Thread(
+        target=_close,
+        args=(control, thread, store, inner),
+        kwargs={"timeout": timeout, "deadline": time.monotonic() + timeout},
+        name="cellos-sink-jetstream-spool-close",
+        daemon=True,
+    ).start()
+
+
+def _close_unreferenced(
+    control: _ReplayControl, thread: threading.Thread, store: SpoolStore, inner: EventSink
+) -> None:
+    # A weakref.finalize callback: it may run on any thread (the replay thread or the
+    # inner sink's loop included), so it only starts the closing.
+    logger.warning(
+        "a SpoolingEventSink at %s was garbage-collected without close(); closing it "
+        "(what is spooled stays on disk). Call close() or use it in a with block.",
+        store.directory,
+    )
+    control.closing = True
+    with contextlib.suppress(RuntimeError):  # at interpreter shutdown: no new threads
+        _close_in_background(control, thread, store, inner, _UNREFERENCED_CLOSE_SECONDS)
 
 
 def _close_inner(inner: EventSink, timeout: float) -> None:

@@ -4,6 +4,7 @@ dead letters, and the disk's and the directory's failures (each a clear error)."
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import queue
@@ -525,3 +526,42 @@ def test_close_from_the_inner_sinks_loop_thread_closes_in_the_background(
     assert outcome is None
     assert replay_hanging.closed
     wait_until(lambda: replay_hanging.inner.closed, 10, "the inner sink was never closed")
+
+
+# -- a spooling sink dropped without close() (issue #9 item 9) --------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def use_and_drop(url: str, path: Path, n: int) -> None:
+    spool = SpoolingEventSink(connect(url), path)
+    spool.emit(make_event(f"dropped-{n}"))
+
+
+def test_spooling_sinks_dropped_without_close_are_closed_after_garbage_collection(
+    stream: StagedStream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Their replay threads held them (and their inner sinks) forever: 10 dropped spools
+    # left 20 threads and 80 file descriptors open until the interpreter exited.
+    count = 10
+    gc.collect()
+    threads_before = threading.active_count()
+    fds_before = open_fds()
+    with caplog.at_level(logging.WARNING, logger="cellos_sink_jetstream"):
+        for n in range(count):
+            use_and_drop(stream.url, tmp_path / f"spool-{n}", n)
+        gc.collect()
+        wait_until(
+            lambda: threading.active_count() <= threads_before,
+            30,
+            "the threads of dropped spooling sinks are still running",
+        )
+        wait_until(lambda: open_fds() <= fds_before, 30, "their files and sockets are open")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == count, warnings  # one each: the spool's, not its inner sink's
+    assert all("SpoolingEventSink" in w and "without close()" in w for w in warnings)
+    assert sorted(stored_ids(stream.url)) == sorted(f"dropped-{n}" for n in range(count))
+    # Each spool directory can be opened again: the lock died with its sink.
+    SpoolingEventSink(connect(stream.url), tmp_path / "spool-0").close()
