@@ -13,7 +13,8 @@ reentrant lock (``set_result`` re-enters it to build an error message), with a w
 list made on first use. ``Future`` uses its condition in five ways (``with``,
 ``acquire``, ``release``, ``wait`` and ``notify_all``), the same from Python 3.9 to 3.13;
 :func:`make_future` checks at import that ``Future`` still has the attributes this class
-sets, and falls back to the stock class if not.
+sets and a ``threading.Condition``, and that ``RLock`` still has the two private methods
+``wait`` uses, and falls back to the stock class if not.
 """
 
 from __future__ import annotations
@@ -99,13 +100,23 @@ class LeanFuture(concurrent.futures.Future[T]):
 
 def _lean_future_matches_the_stock_one(
     stock_class: type[concurrent.futures.Future[Any]] = concurrent.futures.Future,
+    rlock: Callable[[], Any] = threading.RLock,
 ) -> bool:
-    # The stock constructor's attributes must be exactly the ones LeanFuture sets, and
-    # PENDING must still be spelled "PENDING"; a future Python that changes either gets
-    # stock futures, which are slower but always right.
+    # The stock constructor's attributes must be exactly the ones LeanFuture sets, its
+    # condition a threading.Condition (what _LeanCondition stands in for), PENDING still
+    # spelled "PENDING", and the RLock must still offer the two private methods wait()
+    # uses; a future Python that changes any of these gets stock futures, which are
+    # slower but always right.
     stock = vars(stock_class())
     lean = vars(LeanFuture())
-    return stock.keys() == lean.keys() and stock["_state"] == lean["_state"]
+    lock = rlock()
+    return (
+        stock.keys() == lean.keys()
+        and stock["_state"] == lean["_state"]
+        and type(stock["_condition"]) is threading.Condition
+        and callable(getattr(lock, "_release_save", None))
+        and callable(getattr(lock, "_acquire_restore", None))
+    )
 
 
 _USE_LEAN = _lean_future_matches_the_stock_one()

@@ -30,10 +30,26 @@ class _FutureRenamingState(concurrent.futures.Future):  # type: ignore[type-arg]
         self._state = "pending"
 
 
+class _FutureWithAnotherCondition(concurrent.futures.Future):  # type: ignore[type-arg]
+    def __init__(self) -> None:
+        super().__init__()
+        self._condition = threading.Semaphore()  # type: ignore[assignment]
+
+
+class _RLockWithoutReleaseSave:
+    def _acquire_restore(self, state: Any) -> None:
+        """The other private method, alone."""
+
+
 def test_the_fit_check_refuses_a_future_whose_attributes_or_states_differ() -> None:
     assert _lean_future_matches_the_stock_one(concurrent.futures.Future)
     assert not _lean_future_matches_the_stock_one(_FutureWithAnExtra)
     assert not _lean_future_matches_the_stock_one(_FutureRenamingState)
+    assert not _lean_future_matches_the_stock_one(_FutureWithAnotherCondition)
+
+
+def test_the_fit_check_refuses_an_rlock_without_the_private_methods_wait_uses() -> None:
+    assert not _lean_future_matches_the_stock_one(rlock=_RLockWithoutReleaseSave)
 
 
 @pytest.mark.parametrize("fits", [True, False])
