@@ -24,6 +24,7 @@ from ._errors import (
     SinkClosedError,
 )
 from ._event import CloudEventV1
+from ._runner import SendOrder
 from ._seam import PubAck
 from ._sink import EventSink, JetStreamEventSink
 from ._spool_store import SpooledEvent, SpoolStore
@@ -136,6 +137,10 @@ class Replayer:
         after = 0
         hold: Optional[float] = None  # set when sending must pause
         exhausted = False
+        # Once one row of this pass is not sent (it outwaited its deadline in the inner
+        # sink's queue on a starved loop thread, say), none behind it is: the next pass
+        # sends it again, and it must not land after them.
+        order = SendOrder()
         try:
             while True:
                 # Refill at half the window, in one read: a read per freed slot would cost
@@ -147,7 +152,7 @@ class Replayer:
                         break
                     for row in rows:
                         after = row.seq
-                        hold = self._send(row, in_flight)
+                        hold = self._send(row, in_flight, order)
                         if hold is not None:
                             break
                 if not in_flight:
@@ -176,7 +181,7 @@ class Replayer:
         return 0.0
 
     def _send(
-        self, row: SpooledEvent, in_flight: deque[tuple[SpooledEvent, Any]]
+        self, row: SpooledEvent, in_flight: deque[tuple[SpooledEvent, Any]], order: SendOrder
     ) -> Optional[float]:
         """Hand one row to the inner sink; returns a wait when sending must pause."""
         inner: Any = self._inner
@@ -185,7 +190,7 @@ class Replayer:
             if self._pipelined:
                 # The stored JSON as it is, without parsing and validating it again
                 # (None: this sink needs the event itself, in binary content mode say).
-                outcome = inner._emit_encoded_nowait(row.event_id, row.payload, row.tenant)
+                outcome = inner._emit_encoded_nowait(row.event_id, row.payload, row.tenant, order)
             if outcome is None:
                 try:
                     event = CloudEventV1.from_json(row.payload)
@@ -201,7 +206,7 @@ class Replayer:
                     else:
                         outcome = _Settled(None, None)
                 else:
-                    outcome = inner.emit_nowait(event)
+                    outcome = inner._emit_nowait_in_order(event, order)
         except CircuitOpenError as exc:
             return self._open_circuit_wait(exc)
         except BackpressureError:

@@ -48,6 +48,22 @@ _T = TypeVar("_T")
 OutcomeHook = Callable[["PublishRequest", Optional[PubAck], Optional[BaseException]], None]
 
 
+class SendOrder:
+    """Requests that must reach the connection as a prefix of their queue order.
+
+    Once one of them is not sent (it waited in the queue past its deadline, its caller
+    cancelled it, its write failed for good), none queued after it is sent either. The
+    spool's replay pipelines a window of events and sends an unsent one again on its next
+    pass: had those behind it been sent meanwhile, JetStream would store it after them.
+    Only the loop thread reads or writes it.
+    """
+
+    __slots__ = ("broken",)
+
+    def __init__(self) -> None:
+        self.broken = False
+
+
 class PublishRequest:
     """One message to publish; subclasses decide how its outcome reaches the caller."""
 
@@ -58,6 +74,7 @@ class PublishRequest:
         "deadline_slot",
         "headers",
         "holds_slot",
+        "order",
         "payload",
         "permit",
         "seq",
@@ -93,6 +110,8 @@ class PublishRequest:
         # Whether it counts against max_in_flight (from its send until its outcome, or
         # until it outlived the slot timeout).
         self.holds_slot = False
+        #: Set for requests that must be sent as a prefix of their queue order (replay).
+        self.order: Optional[SendOrder] = None
 
     def claim(self) -> bool:
         """Called once, just before sending: ``False`` when the caller already gave up."""
@@ -572,7 +591,12 @@ class LoopRunner:
             self._settle(request, error=SinkClosedError("the sink closed before sending"))
             return True
         if not request.claim():
+            _break_order(request)
             self._settle(request)  # the caller gave up while it waited in the queue
+            return True
+        order = request.order
+        if order is not None and order.broken:
+            self._settle(request, error=_behind_an_unsent_one())
             return True
         self._in_flight += 1
         request.holds_slot = True
@@ -586,6 +610,7 @@ class LoopRunner:
     def _send(self, request: PublishRequest) -> bool:
         timeout = request.deadline - time.monotonic()
         if timeout <= 0:
+            _break_order(request)
             self._finish(request, error=_queued_past_deadline())
             return True
         slot_timeout = self._slot_timeout
@@ -603,6 +628,7 @@ class LoopRunner:
         except Exception as error:
             if self._writes_failing or self._retry_attempts < 2 or not _is_transient(error):
                 self._writes_failing = _is_transient(error)
+                _break_order(request)
                 self._finish(request, error=_as_sink_error(error))
                 return True
             self._retrying = True
@@ -635,6 +661,7 @@ class LoopRunner:
             raise
         except Exception as exc:
             self._writes_failing = _is_transient(exc)
+            _break_order(request)
             self._finish(request, error=_as_sink_error(exc))
         else:
             self._writes_failing = False
@@ -827,6 +854,19 @@ def _queued_past_deadline() -> BackpressureError:
         "the event waited in the sink's queue past its deadline and was not sent; "
         "NATS is slower than the producers"
     )
+
+
+def _behind_an_unsent_one() -> BackpressureError:
+    return BackpressureError(
+        "an event queued before this one was not sent, so this one was not sent either "
+        "(sending it would have put it ahead of the earlier one); send both again"
+    )
+
+
+def _break_order(request: PublishRequest) -> None:
+    # The request is not sent: nothing of its ordered group queued behind it may be.
+    if request.order is not None:
+        request.order.broken = True
 
 
 def _closed_after_send() -> PublishTimeoutError:

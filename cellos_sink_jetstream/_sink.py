@@ -56,7 +56,7 @@ from ._headers import (
     HeaderTemplate,
 )
 from ._publisher import ConnectOptions, NatsPublisher
-from ._runner import BlockingRequest, FutureRequest, LoopRunner, PublishRequest
+from ._runner import BlockingRequest, FutureRequest, LoopRunner, PublishRequest, SendOrder
 from ._seam import PipelinedPublisher, PubAck, Publisher, PublisherAdapter
 from ._subject import (
     TENANT_ID_PLACEHOLDER,
@@ -627,25 +627,33 @@ class JetStreamEventSink:
         return runner.wait_settled(timeout)
 
     def _emit_encoded_nowait(
-        self, event_id: str, payload: bytes, tenant: Optional[str]
+        self,
+        event_id: str,
+        payload: bytes,
+        tenant: Optional[str],
+        order: Optional[SendOrder] = None,
     ) -> Optional[concurrent.futures.Future[PubAck]]:
         """``emit_nowait`` of an event this library serialised before (the spool's replay).
 
         Sends ``payload`` as it is, without parsing and validating it again. Returns
         ``None`` when this sink cannot (binary content mode, or no tenant id recorded
-        while the subject template needs one): then emit the event itself.
+        while the subject template needs one): then emit the event itself. With ``order``,
+        it is not sent once an earlier request of that order was not (see SendOrder).
         """
         if self._binary is not None or (tenant is None and not self._subject_is_fixed):
             return None
         template = self._settings.subject
         subject = template if tenant is None else subject_for_tenant(template, tenant)
+        return self._emit_nowait_in_order(_Encoded(subject, payload, event_id), order)
+
+    def _emit_nowait_in_order(
+        self, event: Union[EventLike, _Encoded], order: Optional[SendOrder]
+    ) -> concurrent.futures.Future[PubAck]:
+        """``emit_nowait`` with the sink's timeout, as part of ``order`` (the spool's replay)."""
         now = time.monotonic()
         timeout = self._settings.publish_timeout
         request = self._submit(
-            _Encoded(subject, payload, event_id),
-            FutureRequest,
-            now + timeout,
-            room_deadline=now + timeout,
+            event, FutureRequest, now + timeout, room_deadline=now + timeout, order=order
         )
         return request.future
 
@@ -655,6 +663,7 @@ class JetStreamEventSink:
         kind: type[_Request],
         deadline: float,
         room_deadline: float,
+        order: Optional[SendOrder] = None,
     ) -> _Request:
         if self._closed:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
@@ -688,6 +697,7 @@ class JetStreamEventSink:
             # publish_timeout bounds it, whatever timeout its caller passed.
             deadline = min(deadline, time.monotonic() + self._settings.publish_timeout)
         request = kind(subject, payload, headers, deadline, permit)
+        request.order = order
         try:
             runner.submit(request, max(0.0, room_deadline - time.monotonic()))
         except BaseException:

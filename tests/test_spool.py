@@ -36,10 +36,12 @@ from cellos_sink_jetstream import (
     build_primary_event_sink,
 )
 from cellos_sink_jetstream._errors import FailureCause
+from cellos_sink_jetstream._replay import Replayer
 from cellos_sink_jetstream._server import free_port
 from cellos_sink_jetstream._spool_store import SpoolStore
 from tests._nats import STREAM_NAME, read_stream, stage_stream
 from tests._polling import wait_until
+from tests._starve import first_replay_of_waits_past_its_deadline
 from tests.conftest import ServerFactory, StagedStream
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +97,29 @@ def test_an_outage_is_spooled_and_replayed_in_order_exactly_once(
     # The whole list on failure: it failed once under load (outage-1 stored second),
     # not reproduced since; this tells a late outage-0 from a lost one.
     assert ids == ["before", *[f"outage-{n}" for n in range(50)], "after"], (ids, stats)
+
+
+def test_replay_keeps_the_order_when_an_event_outwaits_its_deadline_in_the_queue(
+    stream: StagedStream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test above failed once under CPU load with outage-0 stored after outage-1: on a
+    # starved loop thread, outage-0 reached the front of the queue past its deadline and
+    # was not sent, the events behind it (later deadlines) were, and the next pass sent
+    # outage-0 last.
+    store = SpoolStore(str(tmp_path), 1 << 22)
+    inner = connect(stream.url, stream=STREAM_NAME)
+    try:
+        for n in range(20):
+            event = make_event(f"spooled-{n}")
+            store.append(event.id, event.to_json(), 0.0)
+        first_replay_of_waits_past_its_deadline(monkeypatch, inner, "spooled-0")
+        replayer = Replayer(store, inner, now=lambda: 0.0)
+        passes = [replayer.run_once() for _ in range(2)]
+        assert (store.depth, replayer.replayed) == (0, 20), passes
+    finally:
+        inner.close()
+        store.close()
+    assert stored_ids(stream.url) == [f"spooled-{n}" for n in range(20)]
 
 
 # -- startup with NATS down -------------------------------------------------------------

@@ -39,6 +39,7 @@ from cellos_sink_jetstream._spool_store import (
     SpoolStore,
     read_lock_holder,
 )
+from tests._starve import first_replay_of_waits_past_its_deadline
 from tests.fakes import InstantPublisher
 
 
@@ -396,6 +397,29 @@ def test_replay_through_a_jetstream_sink_pipelines_in_order(
         ids = [headers["Nats-Msg-Id"] for _s, _p, headers in publisher.received]
         assert ids == [f"evt-{n}" for n in range(300)]
         assert store.depth == 0
+    finally:
+        js.close()
+        store.close()
+
+
+def test_replay_never_sends_an_event_ahead_of_one_that_outwaited_its_deadline(
+    tmp_path: Path, clock: WallClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SpoolStore(str(tmp_path), 1 << 22)
+    fill(store, clock, 5)
+    publisher = InstantPublisher()
+    js = JetStreamEventSink.from_publisher(publisher, "cellos.events.x")
+    try:
+        # evt-0 reaches the front of the queue past its deadline (a starved loop thread):
+        # it is not sent, so neither may the events behind it be, or they would be stored
+        # before it is sent again.
+        first_replay_of_waits_past_its_deadline(monkeypatch, js, "evt-0")
+        replayer = Replayer(store, js, now=clock)
+        passes = [replayer.run_once() for _ in range(2)]
+        ids = [headers["Nats-Msg-Id"] for _s, _p, headers in publisher.received]
+        assert ids == [f"evt-{n}" for n in range(5)], passes
+        assert passes == [0.0, None]
+        assert (store.depth, replayer.replayed) == (0, 5)
     finally:
         js.close()
         store.close()
