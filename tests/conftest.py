@@ -9,6 +9,7 @@ every server it used is attached to the report (section "<NatsServer ...> log (t
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import threading
 from collections.abc import Generator, Iterator
@@ -162,3 +163,15 @@ def cluster3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NatsClu
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_in_teardown() -> Iterator[None]:
+    """Collect each test's garbage in its own teardown.
+
+    An object whose finaliser warns or raises (an unclosed socket, a sink dropped without
+    ``close()``) is then reported against the test that dropped it, not against whichever
+    later test the collector happened to run in.
+    """
+    yield
+    gc.collect()
