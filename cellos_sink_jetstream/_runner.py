@@ -415,7 +415,13 @@ class LoopRunner:
                 loop.call_soon_threadsafe(self._cancel_in_flight)
             self._wake_consumer()
         if self._thread.ident is not None and self._thread is not threading.current_thread():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+            # Joined in short slices: a Ctrl-C that the kernel hands to another thread
+            # reaches Python's handler, on the main thread, only when a wait returns.
+            while self._thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._thread.join(min(remaining, 0.1))
         return not self._thread.is_alive()
 
     # -- loop side -----------------------------------------------------------------------

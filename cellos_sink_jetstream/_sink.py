@@ -1017,7 +1017,16 @@ class JetStreamEventSink:
                 f"(exit_timeout) for their outcome; Ctrl-C stops waiting"
             )
         self._exit_flush = True
-        self.close(timeout)
+        deadline = time.monotonic() + timeout
+        if runner is not None:
+            # Waited in short slices: a Ctrl-C that the kernel hands to another thread
+            # reaches Python's handler, on the main thread, only when a wait returns.
+            while not runner.wait_settled(
+                min(_EXIT_WAIT_SLICE_SECONDS, max(0.0, deadline - time.monotonic()))
+            ):
+                if time.monotonic() >= deadline:
+                    break
+        self.close(max(_EXIT_WAIT_SLICE_SECONDS / 100, deadline - time.monotonic()))
 
     def _abandon_at_exit(self) -> None:
         # Ctrl-C during the exit flush: stop waiting, leave the rest to the daemon thread.
@@ -1118,6 +1127,9 @@ class _Encoded:
         self.payload = payload
         self.event_id = event_id
 
+
+#: Longest single wait of the exit flush (see _close_at_exit).
+_EXIT_WAIT_SLICE_SECONDS = 0.1
 
 _LIVE_SINKS: weakref.WeakSet[JetStreamEventSink] = weakref.WeakSet()
 # Kept alive after a fork so the child never runs their finalizers against a loop and
