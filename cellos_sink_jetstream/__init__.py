@@ -48,7 +48,7 @@ from ._errors import (
 from ._event import CloudEventV1
 from ._otel import instrument
 from ._retry import with_retry
-from ._seam import PubAck, Publisher
+from ._seam import DeadlineClock, PubAck, Publisher
 from ._sink import EventSink, JetStreamEventSink, NoopEventSink, SinkStats
 from ._spool import DEFAULT_SPOOL_MAX_BYTES, DeadLetter, SpoolingEventSink, SpoolStats
 from ._subject import TENANT_ID_DEFAULT_TOKEN, TENANT_ID_PLACEHOLDER, resolve_tenant_subject
@@ -77,6 +77,7 @@ __all__ = [
     "ConnectError",
     "Connected",
     "DeadLetter",
+    "DeadlineClock",
     "EventSink",
     "FailureCause",
     "InvalidEventError",

@@ -32,7 +32,7 @@ from ._errors import (
 )
 from ._lean_future import make_future
 from ._retry import DEFAULT_RETRY_BASE_DELAY, retry_async
-from ._seam import PipelinedPublisher, PubAck
+from ._seam import DeadlineClock, PipelinedPublisher, PubAck
 from ._timeouts import MAX_TIMEOUT_SECONDS
 
 __all__ = ["BlockingRequest", "FutureRequest", "LoopRunner", "PublishRequest"]
@@ -213,6 +213,7 @@ class LoopRunner:
         on_outcome: Optional[OutcomeHook] = None,
         thread_name: str = "cellos-sink-jetstream",
         slot_timeout: Optional[float] = None,
+        deadline_clock: Optional[DeadlineClock] = None,
     ) -> None:
         """Prepare (but do not start) the runner.
 
@@ -226,6 +227,8 @@ class LoopRunner:
             slot_timeout: Longest time one request counts against ``max_in_flight``;
                 past it, a request with a later deadline still waits for its ack but
                 frees its slot, so one caller's long timeout cannot hold the queue.
+            deadline_clock: The clock that times ack deadlines and the slot timeout
+                (the runner's event loop by default; a fake one in tests).
         """
         self._connect = connect
         self._max_in_flight = max_in_flight
@@ -236,6 +239,8 @@ class LoopRunner:
         self._ready = threading.Event()
         self._startup_error: Optional[BaseException] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        # Times ack deadlines and slot timeouts: the loop once it exists, unless injected.
+        self._clock: Optional[DeadlineClock] = deadline_clock
         self._queue: Optional[janus.Queue[PublishRequest]] = None
         self._publisher: Optional[PipelinedPublisher] = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -429,6 +434,8 @@ class LoopRunner:
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
+        if self._clock is None:
+            self._clock = loop
         try:
             loop.run_until_complete(self._main())
         except BaseException as exc:  # the thread must never die silently
@@ -622,7 +629,8 @@ class LoopRunner:
         slot_timeout = self._slot_timeout
         if slot_timeout is not None and timeout > slot_timeout:
             # Only publishes with a timeout longer than the sink's pay for this timer.
-            self._loop_or_fail().call_later(slot_timeout, self._free_slot, request)
+            clock = self._clock_or_fail()
+            clock.call_at(clock.time() + slot_timeout, self._free_slot, request)
         send_now = self._send_now
         # Write now, settle from the publisher's ack callback. No task, future or timer
         # per event, and messages reach the connection in queue order: a failed write is
@@ -681,15 +689,15 @@ class LoopRunner:
         # Deadlines are rounded up to the next slot of _DEADLINE_SLOT_SECONDS and share
         # that slot's timer: an ack is given up at most one slot late, and a publish costs
         # a set entry rather than a timer of its own.
-        # request.deadline is on time.monotonic(); the timers run on the loop's clock,
-        # which asyncio does not promise to be the same one.
-        loop = self._loop_or_fail()
+        # request.deadline is on time.monotonic(); the timers run on the deadline clock
+        # (the loop's, which asyncio does not promise to be the same one, or a test's).
+        clock = self._clock_or_fail()
         remaining = request.deadline - time.monotonic()
-        slot = request.deadline_slot = _deadline_slot(loop.time() + remaining)
+        slot = request.deadline_slot = _deadline_slot(clock.time() + remaining)
         watched = self._deadline_slots.get(slot)
         if watched is None:
             watched = self._deadline_slots[slot] = set()
-            loop.call_at(slot * _DEADLINE_SLOT_SECONDS, self._expire_slot, slot)
+            clock.call_at(slot * _DEADLINE_SLOT_SECONDS, self._expire_slot, slot)
         watched.add(request)
 
     def _expire_slot(self, slot: int) -> None:
@@ -817,6 +825,11 @@ class LoopRunner:
         loop = self._loop
         assert loop is not None
         return loop
+
+    def _clock_or_fail(self) -> DeadlineClock:
+        clock = self._clock
+        assert clock is not None
+        return clock
 
     def _cancel_in_flight(self) -> None:
         for task in self._tasks:

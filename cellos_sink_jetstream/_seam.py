@@ -3,7 +3,8 @@
 The runner drives one interface, :class:`PipelinedPublisher`: write a message now, hear
 its outcome later through one listener. :class:`NatsPublisher` implements it; a simple
 :class:`Publisher` (one awaited ``publish`` per message, as in users' tests) is adapted to
-it by :class:`PublisherAdapter`, so the runner has one dispatch path.
+it by :class:`PublisherAdapter`, so the runner has one dispatch path. The runner times
+ack deadlines on a :class:`DeadlineClock`: the event loop's own, or a fake in tests.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from typing import Any, Callable, Optional
 
 from typing_extensions import Protocol, runtime_checkable
 
-__all__ = ["AckListener", "PipelinedPublisher", "PubAck", "Publisher", "PublisherAdapter"]
+__all__ = [
+    "AckListener",
+    "DeadlineClock",
+    "PipelinedPublisher",
+    "PubAck",
+    "Publisher",
+    "PublisherAdapter",
+]
 
 logger = logging.getLogger("cellos_sink_jetstream")
 
@@ -91,6 +99,25 @@ class PipelinedPublisher(Protocol):
 
     async def close(self) -> None:
         """Release the connection; what is in flight is abandoned."""
+        ...
+
+
+class DeadlineClock(Protocol):
+    """The clock the runner times ack deadlines on: read it, run a callback at a time.
+
+    An asyncio event loop is one (``loop.time()``, ``loop.call_at()``), and the runner's
+    own loop is the default. A test passes a fake to :meth:`JetStreamEventSink.from_publisher`
+    and advances it, so a publish timeout needs no real waiting. ``call_at`` is called on
+    the runner's loop thread, and its callbacks must run there too; ``time`` may be read
+    from any thread.
+    """
+
+    def time(self) -> float:
+        """The current time, in seconds on this clock."""
+        ...
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> object:
+        """Run ``callback(*args)`` on the runner's loop once :meth:`time` reached ``when``."""
         ...
 
 

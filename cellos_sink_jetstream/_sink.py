@@ -57,7 +57,7 @@ from ._headers import (
 )
 from ._publisher import ConnectOptions, NatsPublisher
 from ._runner import BlockingRequest, FutureRequest, LoopRunner, PublishRequest, SendOrder
-from ._seam import PipelinedPublisher, PubAck, Publisher, PublisherAdapter
+from ._seam import DeadlineClock, PipelinedPublisher, PubAck, Publisher, PublisherAdapter
 from ._subject import (
     TENANT_ID_PLACEHOLDER,
     resolve_tenant_subject,
@@ -207,7 +207,7 @@ def _positive(name: str, value: object, kind: type = float) -> Any:
     return value
 
 
-def _check_clock(clock: Optional[Callable[[], float]]) -> None:
+def _check_clock(clock: Optional[Callable[[], float]], name: str = "clock") -> None:
     # A clock that cannot be read would fail on the loop thread, where the breaker reads
     # it: ask it once here, while the caller can still hear about it.
     if clock is None:
@@ -215,12 +215,24 @@ def _check_clock(clock: Optional[Callable[[], float]]) -> None:
     try:
         now = clock() if callable(clock) else None
     except Exception as exc:
-        raise ConfigError(f"clock() raised {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"{name}() raised {type(exc).__name__}: {exc}") from None
     if isinstance(now, bool) or not (isinstance(now, int) or _finite_float(now)):
         raise ConfigError(
-            f"clock must be a callable returning finite seconds (like time.monotonic), "
+            f"{name} must be a callable returning finite seconds (like time.monotonic), "
             f"got {clock!r} returning {now!r}"
         )
+
+
+def _check_deadline_clock(deadline_clock: Optional[DeadlineClock]) -> None:
+    # As _check_clock: the runner would only find out on its loop thread, at a send.
+    if deadline_clock is None:
+        return
+    if not callable(getattr(deadline_clock, "call_at", None)):
+        raise ConfigError(
+            f"deadline_clock must have time() and call_at(when, callback, *args), as an "
+            f"asyncio event loop has; got {deadline_clock!r}"
+        )
+    _check_clock(getattr(deadline_clock, "time", None), "deadline_clock.time")
 
 
 def _finite_float(value: object) -> bool:
@@ -256,6 +268,7 @@ class JetStreamEventSink:
         on_transition: Optional[TransitionCallback] = None,
         trace_context: bool = True,
         content_mode: str = "structured",
+        deadline_clock: Optional[DeadlineClock] = None,
     ) -> None:
         """Use :meth:`connect`, :meth:`connect_with_root_ca` or :meth:`from_publisher`."""
         validate_subject_template(subject)
@@ -266,6 +279,7 @@ class JetStreamEventSink:
                 f"on_transition must be a callable(old_state, new_state), got {on_transition!r}"
             )
         _check_clock(clock)
+        _check_deadline_clock(deadline_clock)
         if content_mode not in CONTENT_MODES:
             raise ConfigError(
                 f"content_mode must be 'structured' or 'binary', got {content_mode!r}"
@@ -304,6 +318,9 @@ class JetStreamEventSink:
         self._user_on_transition = on_transition
         # Internal listeners (the spooling sink's replay thread), told after the user's.
         self._transition_listeners: list[TransitionCallback] = []
+        self._deadline_clock = deadline_clock
+        if clock is None and deadline_clock is not None:
+            clock = deadline_clock.time  # one timeline: a timeout opens the circuit on it
         self._breaker = CircuitBreaker(clock, on_transition=self._on_transition)
         self._lock = threading.Lock()
         self._closed = False
@@ -499,12 +516,21 @@ class JetStreamEventSink:
         clock: Optional[Callable[[], float]] = None,
         trace_context: bool = True,
         content_mode: str = "structured",
+        deadline_clock: Optional[DeadlineClock] = None,
     ) -> JetStreamEventSink:
         """Build a sink around any :class:`Publisher` (a fake, in tests); no NATS needed.
 
         The publisher runs on the sink's background loop like the real one. If it has a
         ``max_payload`` attribute, oversized events are refused before publishing. The
-        keyword arguments are :meth:`connect`'s.
+        keyword arguments are :meth:`connect`'s, plus one for tests.
+
+        ``deadline_clock`` is the clock that times publish timeouts once an event is sent
+        (a :class:`DeadlineClock`: ``time()`` and ``call_at()``; the background event
+        loop's own by default). A test passes a fake and advances it to make an ack
+        deadline pass without waiting. Unless ``clock`` is given too, the breaker reads
+        it as well, so a timeout and the backoff it starts share one timeline. Waits
+        before an event is sent (for room in the queue, for its turn) and a blocking
+        caller's own bound (``publish_timeout`` and a 0.25 s grace) stay on real time.
         """
         # The runner drives one seam; a simple publisher is adapted to it.
         seam: PipelinedPublisher = (
@@ -529,6 +555,7 @@ class JetStreamEventSink:
             on_transition=on_transition,
             trace_context=trace_context,
             content_mode=content_mode,
+            deadline_clock=deadline_clock,
         )
         sink._start_runner()
         return sink
@@ -907,6 +934,7 @@ class JetStreamEventSink:
             # A publish(timeout=60) must not hold one of the max_in_flight slots (and the
             # queue behind it) for longer than any other publish would.
             slot_timeout=settings.publish_timeout,
+            deadline_clock=self._deadline_clock,
         )
         # Closes the runner should the sink be dropped without close(). Not at exit:
         # _close_all_at_exit closes the sinks still alive then.

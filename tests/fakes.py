@@ -1,14 +1,18 @@
-"""Fake publishers for unit tests of the facade and the breaker (no NATS involved).
+"""Fake publishers and a fake clock for unit tests of the facade and the breaker (no NATS).
 
 :class:`GatedPublisher` and :class:`InstantPublisher` implement the runner's seam,
 :class:`~cellos_sink_jetstream._seam.PipelinedPublisher`, as ``NatsPublisher`` does, so the
 facade's unit tests run the production dispatch code. :class:`SimplePublisher` is the
 simple ``publish()`` kind users may pass to ``from_publisher`` (adapted to the seam).
+:class:`FakeClock` is a :class:`~cellos_sink_jetstream.DeadlineClock` (and a breaker
+clock): a test advances it to make ack deadlines pass without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
 import itertools
 import queue
 import threading
@@ -16,8 +20,76 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from cellos_sink_jetstream import PubAck, PublishError
+from cellos_sink_jetstream import DeadlineClock, PubAck, PublishError
 from cellos_sink_jetstream._seam import AckListener
+
+#: A timer of FakeClock: when, tie-breaker, the loop that set it, the callback.
+_Timer = tuple[float, int, asyncio.AbstractEventLoop, Callable[[], object]]
+
+
+class FakeClock:
+    """Time that moves only when the test moves it.
+
+    Call it (the breaker's ``clock``) or read :meth:`time`; pass it as ``deadline_clock``
+    and the runner's ack deadlines and slot timeouts wait on it. :meth:`call_at` runs on a
+    sink's loop thread and only records the timer; :meth:`advance` moves :attr:`now` and
+    runs each timer that came due on the loop that set it, earliest first, returning once
+    they all ran. Setting :attr:`now` directly runs nothing (as the breaker-only tests do).
+    """
+
+    def __init__(self, now: float = 5000.0) -> None:
+        self.now = now
+        self._changed = threading.Condition()
+        self._timers: list[_Timer] = []
+        self._order = itertools.count()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> None:
+        loop = asyncio.get_running_loop()
+        with self._changed:
+            entry: _Timer = (when, next(self._order), loop, functools.partial(callback, *args))
+            heapq.heappush(self._timers, entry)
+            self._changed.notify_all()
+
+    def timers(self) -> list[float]:
+        """When each waiting timer is due, earliest first."""
+        with self._changed:
+            return sorted(when for when, *_ in self._timers)
+
+    def wait_for_timers(self, count: int, timeout: float = 5.0) -> list[float]:
+        """Block until ``count`` timers wait (set on the loop thread); return :meth:`timers`."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self._timers) >= count, timeout):
+                raise AssertionError(f"{len(self._timers)} timers set, not {count}, in {timeout}s")
+        return self.timers()
+
+    def advance(self, seconds: float, timeout: float = 5.0) -> None:
+        """Move :attr:`now` on by ``seconds`` and run every timer now due, in time order."""
+        self.now += seconds
+        while True:
+            with self._changed:
+                if not self._timers or self._timers[0][0] > self.now:
+                    return
+                _, _, loop, callback = heapq.heappop(self._timers)
+            ran = threading.Event()
+
+            def run(callback: Callable[[], object] = callback, ran: threading.Event = ran) -> None:
+                try:
+                    callback()
+                finally:
+                    ran.set()
+
+            try:
+                loop.call_soon_threadsafe(run)
+            except RuntimeError:  # that loop is closed: its sink is gone
+                continue
+            if not ran.wait(timeout):
+                raise AssertionError(f"a timer's callback did not run within {timeout}s")
 
 
 @dataclass
@@ -102,16 +174,21 @@ class GatedPublisher(_SeamFake):
 class InstantPublisher(_SeamFake):
     """Acks on the next loop turn with increasing sequence numbers.
 
+    With a ``clock``, each ack comes ``ack_after`` seconds on that clock after its send
+    instead (when a test advances it); a send forgotten before then never hears its ack.
     While ``failing`` is set, a send fails at once, as NatsPublisher's does while the
     connection is down.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Optional[DeadlineClock] = None, ack_after: float = 0.0) -> None:
         super().__init__()
         self.received: list[tuple[str, bytes, dict[str, str]]] = []
         self.failing = threading.Event()
         self._seq = itertools.count(1)
         self.max_payload = 1024 * 1024
+        self._clock = clock
+        self._ack_after = ack_after
+        self._awaited: set[int] = set()  # tokens whose ack is on the clock, not forgotten
 
     def send_now(
         self, subject: str, payload: bytes, headers: Mapping[str, str], receiver: Any
@@ -120,11 +197,22 @@ class InstantPublisher(_SeamFake):
             raise PublishError("fake: NATS is down")
         self.received.append((subject, payload, dict(headers)))
         ack = PubAck("CELLOS", next(self._seq), False)
-        asyncio.get_running_loop().call_soon(self._listener, receiver, ack, None)
-        return next(self._tokens)
+        token = next(self._tokens)
+        clock = self._clock
+        if clock is None:
+            asyncio.get_running_loop().call_soon(self._listener, receiver, ack, None)
+        else:
+            self._awaited.add(token)
+            clock.call_at(clock.time() + self._ack_after, self._ack, token, receiver, ack)
+        return token
+
+    def _ack(self, token: int, receiver: Any, ack: PubAck) -> None:
+        if token in self._awaited:
+            self._awaited.remove(token)
+            self._listener(receiver, ack, None)
 
     def forget(self, token: int) -> None:
-        pass  # acks on the next turn: nothing is pending long enough to forget
+        self._awaited.discard(token)
 
 
 class SimplePublisher:

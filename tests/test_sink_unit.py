@@ -6,6 +6,7 @@ import concurrent.futures
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable, cast
 
@@ -32,15 +33,7 @@ from cellos_sink_jetstream import (
 )
 from cellos_sink_jetstream._runner import BlockingRequest
 from tests._polling import wait_until
-from tests.fakes import GatedPublisher, InstantPublisher, SimplePublisher
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock, GatedPublisher, InstantPublisher, SimplePublisher
 
 
 def make_event(n: int = 0, **kwargs: Any) -> CloudEventV1:
@@ -176,23 +169,117 @@ def test_failed_probe_doubles_the_backoff(gated: Any, clock: FakeClock) -> None:
     assert sink.debug_state() == Reconnecting(1, pytest.approx(clock.now + 0.2))
 
 
+#: The runner's verdict on an ack past its deadline (the caller's own bound says "within Ns").
+RUNNER_TIMEOUT = "no JetStream ack within the publish timeout"
+
+
 def test_hanging_probe_is_bounded_by_publish_timeout_and_counts_as_failure(
     clock: FakeClock,
 ) -> None:
     publisher = GatedPublisher()
     with JetStreamEventSink.from_publisher(
-        publisher, "a.b", clock=clock, publish_timeout=0.3, retry_attempts=1
+        publisher, "a.b", deadline_clock=clock, publish_timeout=30.0, retry_attempts=1
     ) as sink:
         open_circuit(sink, publisher)
-        clock.now += 0.1
+        clock.advance(0.1)
         # The probe never gets an answer: only the sink's own timeout can end the emit.
-        # No clock bound on it (a loaded machine delays any wake-up): an emit that waited
-        # for the probe's answer would never return, and result(10) tells that apart.
         probing = in_thread(lambda: sink.emit(make_event(1)))
         publisher.next_call()  # the probe did reach the publisher, then hung
-        with pytest.raises(PublishTimeoutError):
+        # The second timer: the first one is the failed emit's (a timer set stays set).
+        deadline = clock.wait_for_timers(2)[-1]
+        assert clock.now + 29 < deadline <= clock.now + 30.05  # publish_timeout, on a slot
+        assert not probing.done()
+        # The runner's deadline ends it, on the fake clock: had it not, the caller's own
+        # 30 s bound would, long after result(10) gave up (and with another message).
+        clock.advance(deadline - clock.now)
+        with pytest.raises(PublishTimeoutError, match=RUNNER_TIMEOUT):
             probing.result(10)
         assert sink.debug_state() == Reconnecting(1, pytest.approx(clock.now + 0.2))
+
+
+def test_an_ack_deadline_passes_on_the_deadline_clock_at_its_slot(clock: FakeClock) -> None:
+    publisher = GatedPublisher()
+    with JetStreamEventSink.from_publisher(
+        publisher, "a.b", deadline_clock=clock, publish_timeout=30.0, retry_attempts=1
+    ) as sink:
+        started = time.monotonic()
+        pending = sink.emit_nowait(make_event(1))
+        call = publisher.next_call()
+        (deadline,) = clock.wait_for_timers(1)
+        # Never early: the runner gave the ack what was left of the 30 s when it sent
+        # the event, rounded up to the next 50 ms slot.
+        elapsed = time.monotonic() - started
+        assert clock.now + 30 - elapsed <= deadline <= clock.now + 30.05
+        # advance() returns once the due timers ran on the loop, which settles the
+        # future there: done() is exact on both sides of the deadline.
+        clock.advance(deadline - clock.now - 0.001)
+        assert not pending.done(), "given up before its deadline"
+        clock.advance(0.001)
+        assert pending.done(), "still pending past its deadline"
+        with pytest.raises(PublishTimeoutError, match=RUNNER_TIMEOUT):
+            pending.result(0)
+        assert publisher.concurrent == 0, "the publisher was not told to forget the send"
+        call.ack(seq=1)  # too late: forgotten by the runner, never counted
+        assert sink.flush(5)
+        stats = sink.stats()
+        assert (stats.published, stats.failed, stats.in_flight) == (0, 1, 0)
+        # The breaker reads the same clock: the timeout opened it on that timeline.
+        assert sink.state == Reconnecting(0, pytest.approx(clock.now + 0.1))
+
+
+@pytest.mark.parametrize(("ack_after", "acked"), [(9.5, True), (10.5, False)])
+def test_an_ack_before_the_deadline_wins_and_one_after_it_is_dropped(
+    clock: FakeClock, ack_after: float, acked: bool
+) -> None:
+    publisher = InstantPublisher(clock, ack_after=ack_after)
+    with JetStreamEventSink.from_publisher(
+        publisher, "a.b", deadline_clock=clock, publish_timeout=10.0, retry_attempts=1
+    ) as sink:
+        pending = sink.emit_nowait(make_event(1))
+        clock.wait_for_timers(2)  # the ack's and the deadline's
+        clock.advance(11)  # both come due in one advance, in time order
+        if acked:
+            assert pending.result(0).seq == 1
+        else:
+            with pytest.raises(PublishTimeoutError, match=RUNNER_TIMEOUT):
+                pending.result(0)
+        assert sink.flush(5)
+        stats = sink.stats()
+        assert (stats.published, stats.failed) == ((1, 0) if acked else (0, 1))
+
+
+def test_a_long_publish_frees_its_in_flight_slot_after_publish_timeout(clock: FakeClock) -> None:
+    publisher = GatedPublisher()
+    with JetStreamEventSink.from_publisher(
+        publisher,
+        "a.b",
+        deadline_clock=clock,
+        publish_timeout=10.0,
+        max_in_flight=1,
+        retry_attempts=1,
+    ) as sink:
+        # A caller's own longer timeout: past publish_timeout it must stop counting
+        # against max_in_flight, or everything queued behind it waits as long.
+        long_publish = in_thread(lambda: sink.publish(make_event(0), timeout=60))
+        long_call = publisher.next_call()
+        slot_freed, deadline = clock.wait_for_timers(2)
+        assert slot_freed == clock.now + 10.0
+        assert clock.now + 59 < deadline <= clock.now + 60.05
+        queued = sink.emit_nowait(make_event(1))
+        assert sink.stats().queue_depth == 1
+        clock.advance(10.0)
+        # On real time, the slot would free after 10 s: next_call() gives up after 5.
+        queued_call = publisher.next_call()
+        assert queued_call.headers["Nats-Msg-Id"] == "evt-1"
+        queued_call.ack(seq=2)
+        assert queued.result(5).seq == 2
+        assert not long_publish.done(), "freeing the slot must not end the long publish"
+        clock.advance(deadline - clock.now)
+        with pytest.raises(PublishTimeoutError, match=RUNNER_TIMEOUT):
+            long_publish.result(10)
+        long_call.ack(seq=1)  # too late
+        assert sink.flush(5)
+        assert (sink.stats().published, sink.stats().failed) == (1, 1)
 
 
 def test_results_started_before_the_circuit_opened_do_not_close_it(gated: Any) -> None:
@@ -644,6 +731,14 @@ def test_a_blocking_request_already_sent_at_its_deadline_waits_for_its_outcome()
     assert request.outcome() == ack
 
 
+class BrokenDeadlineClock(FakeClock):
+    """A deadline clock whose time() cannot be read."""
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        super().__init__()
+        self.time = read  # type: ignore[method-assign]
+
+
 @pytest.mark.parametrize(
     ("options", "name"),
     [
@@ -653,6 +748,9 @@ def test_a_blocking_request_already_sent_at_its_deadline_waits_for_its_outcome()
         ({"clock": lambda: float("inf")}, "clock"),
         ({"clock": lambda: 1 / 0}, "clock"),
         ({"on_transition": 1}, "on_transition"),
+        ({"deadline_clock": time.monotonic}, "deadline_clock"),
+        ({"deadline_clock": BrokenDeadlineClock(lambda: float("nan"))}, "deadline_clock.time"),
+        ({"deadline_clock": BrokenDeadlineClock(lambda: 1 / 0)}, "deadline_clock.time"),
     ],
 )
 def test_a_clock_or_callback_that_cannot_work_is_a_config_error(

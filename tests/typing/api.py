@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import cellos_sink_jetstream as cs
 from cellos_sink_jetstream import (
@@ -13,6 +14,7 @@ from cellos_sink_jetstream import (
     CircuitOpenError,
     CloudEventV1,
     Connected,
+    DeadlineClock,
     EventSink,
     FailureCause,
     JetStreamEventSink,
@@ -148,6 +150,34 @@ def options_are_checked() -> None:
         content_mode="binary",
     )
     sink.close()
+
+
+class ManualClock:
+    """A test's own deadline clock: ``time()`` and ``call_at()``."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Callable[..., object], tuple[Any, ...]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> None:
+        self.timers.append((when, callback, args))
+
+
+def deadline_clocks() -> None:
+    clock: DeadlineClock = ManualClock()
+    JetStreamEventSink.from_publisher(NoopPublisher(), "a.b", deadline_clock=clock).close()
+    # An event loop is one too (the default is the sink's own).
+    loop_clock: DeadlineClock = asyncio.new_event_loop()
+    loop_clock.call_at(loop_clock.time(), print)
+    # A bare callable is a breaker clock, not a deadline clock.
+    JetStreamEventSink.from_publisher(
+        NoopPublisher(),
+        "a.b",
+        deadline_clock=lambda: 0.0,  # type: ignore[arg-type]
+    )
 
 
 class NoopPublisher:
