@@ -46,6 +46,7 @@ __all__ = [
     "new_client",
     "open_session",
     "private_api_misfit",
+    "server_info",
 ]
 
 logger = logging.getLogger("cellos_sink_jetstream")
@@ -285,6 +286,18 @@ def abort_transport(nc: Client) -> None:
     transport = getattr(writer, "transport", None)
     if transport is not None:
         transport.abort()
+
+
+def server_info(nc: Client) -> Mapping[str, Any]:
+    """The server's INFO (sent again on every reconnect), or ``{}`` when it is unknown.
+
+    nats-py keeps it in a private attribute and offers no public read. It is read on both
+    paths and left out of the fit check on purpose: were it renamed, only the diagnosis
+    "JetStream is not enabled" would be lost (an error would say "no stream" instead), not
+    worth the slower path without TLS; tests/test_nats_client.py notices a rename.
+    """
+    info = getattr(nc, "_server_info", None)
+    return info if isinstance(info, dict) else {}
 
 
 #: A private test hook, not an option: set to ``1``, it makes :func:`private_api_misfit`

@@ -36,6 +36,7 @@ from ._nats_client import (
     SinkClient,
     close_quietly,
     new_client,
+    server_info,
 )
 from ._seam import AckListener, PubAck
 
@@ -508,8 +509,8 @@ class NatsPublisher:
     def _server_has_jetstream(self) -> bool:
         # The server's INFO (sent again on every reconnect) carries "jetstream": true only
         # when JetStream is enabled. Without an INFO to read, assume it is.
-        info = getattr(self._nc, "_server_info", None)
-        return not isinstance(info, dict) or not info or bool(info.get("jetstream"))
+        info = server_info(self._nc)
+        return not info or bool(info.get("jetstream"))
 
     def _raise_api_error(self, subject: str, error: Any) -> NoReturn:
         # What JetStream says about this message (a 4xx) goes to its caller alone; anything

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import logging
 import os
+from pathlib import Path
 from typing import Any, Optional
 
+import nats.aio.msg
+import nats.aio.subscription
 import nats.aio.transport
+import nats.js.client
 import pytest
 from nats.aio.client import Client
 
+import cellos_sink_jetstream
 from cellos_sink_jetstream import CloudEventV1, ConnectError, JetStreamEventSink, _nats_client
 from cellos_sink_jetstream._nats_client import (
     FORCE_PUBLIC_API_ENV,
@@ -45,6 +51,54 @@ def test_the_installed_nats_py_has_the_reconnect_step_the_client_quiets() -> Non
     method = Client._attempt_reconnect
     assert inspect.iscoroutinefunction(method)
     assert list(inspect.signature(method).parameters) == ["self"]
+
+
+def test_the_installed_nats_py_has_the_server_info_the_publisher_reads() -> None:
+    # Read (through _nats_client.server_info) to tell "JetStream is not enabled" from "no
+    # stream captures the subject". Not part of the fit check either (a rename costs only
+    # that diagnosis), so this is what notices one.
+    assert isinstance(vars(Client()).get("_server_info"), dict)
+
+
+async def _private_names_of_nats_py() -> set[str]:
+    # The private attributes and methods of the nats-py objects the package handles. On
+    # a loop: on Python 3.9 a Subscription (an asyncio.Queue) cannot be built without one.
+    client = Client()
+    instances = [
+        client,
+        nats.aio.transport.TcpTransport(),  # type: ignore[no-untyped-call]
+        nats.aio.subscription.Subscription(client, id=1),
+    ]
+    classes = [
+        Client,
+        nats.aio.transport.TcpTransport,
+        nats.aio.subscription.Subscription,
+        nats.aio.msg.Msg,
+        nats.js.client.JetStreamContext,
+    ]
+    names = {name for instance in instances for name in vars(instance)}
+    names |= {name for cls in classes for owner in cls.__mro__ for name in vars(owner)}
+    return {name for name in names if name.startswith("_") and not name.startswith("__")}
+
+
+def test_no_module_but_nats_client_names_a_private_name_of_nats_py() -> None:
+    # The README's check, made a test: every attribute read of a nats-py private name
+    # (anything but self./cls., whose names are the package's own) and every string that
+    # spells one (getattr(client, "_name")) sits in _nats_client.py.
+    private = asyncio.run(_private_names_of_nats_py())
+    package = Path(cellos_sink_jetstream.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "_nats_client.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in private
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ) or (isinstance(node, ast.Constant) and node.value in private):
+                found.append(f"{path.relative_to(package)}:{node.lineno}: {ast.unparse(node)}")
+    assert found == []
 
 
 @pytest.mark.parametrize(
