@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import enum
 import logging
 import math
 import threading
@@ -46,6 +47,30 @@ _T = TypeVar("_T")
 #: Told the outcome of a request just before its caller can see it: ``(request, ack, None)``,
 #: ``(request, None, error)``, or ``(request, None, None)`` when the caller gave up on it.
 OutcomeHook = Callable[["PublishRequest", Optional[PubAck], Optional[BaseException]], None]
+
+
+class _Drain(enum.Enum):
+    """Where :meth:`LoopRunner._drain` stands; only the loop thread reads or writes it.
+
+    (Stopped at an empty queue is ``IDLE`` plus ``_consumer_idle``: callers write that
+    flag too, so it cannot live in a state only the loop may write.)
+    """
+
+    #: Not running: a caller's wake-up (or the end of a retry) runs it next.
+    IDLE = enum.auto()
+    #: Running (a send it makes may settle a request and ask for a drain: ignored).
+    RUNNING = enum.auto()
+    #: Stopped at max_in_flight: the next freed slot runs it.
+    WAITING_FOR_ROOM = enum.auto()
+    #: Held back while a failed write is retried, so nothing overtakes it.
+    HELD = enum.auto()
+
+
+# Module names for the members: _drain reads them on every call.
+_IDLE = _Drain.IDLE
+_RUNNING = _Drain.RUNNING
+_WAITING_FOR_ROOM = _Drain.WAITING_FOR_ROOM
+_HELD = _Drain.HELD
 
 
 class SendOrder:
@@ -250,13 +275,14 @@ class LoopRunner:
         self._in_flight = 0
         self._slot_timeout = slot_timeout
         self._queue_drained: Optional[asyncio.Event] = None
-        # _drain's state: running, stopped at the in-flight limit, stopped at an empty
-        # queue (callers then wake it), held back while a failed write is retried.
-        self._draining = False
-        self._waiting_for_room = False
+        # Where _drain stands (loop thread only), see _Drain.
+        self._drain_state: _Drain = _IDLE
+        # Set by the loop when _drain stopped at an empty queue, cleared by the callers
+        # whose submit wakes it: the one flag both sides write (see _wake_consumer).
         self._consumer_idle = False
-        self._retrying = False
+        # One write-out of the connection's buffer per loop turn after acks (see _drain).
         self._flush_scheduled = False
+        # The last write failed for good: the next failing one is not retried.
         self._writes_failing = False
         # Set by stop(): when the publisher must be closed by (on time.monotonic()).
         self._stop_deadline = float("inf")
@@ -280,7 +306,6 @@ class LoopRunner:
         self._taken = 0
         self._watermark = 0
         self._settled_above: set[int] = set()
-        self._loop_ended = False
         # Lowest watermark a wait_settled() caller waits for: the loop signals only then.
         self._flush_targets: list[int] = []
         self._lowest_flush_target = math.inf
@@ -391,11 +416,16 @@ class LoopRunner:
             self._lowest_flush_target = min(self._flush_targets)
             try:
                 return self._settled_changed.wait_for(
-                    lambda: self._watermark >= target or self._loop_ended, timeout
+                    lambda: self._watermark >= target or self._loop_ended(), timeout
                 )
             finally:
                 self._flush_targets.remove(target)
                 self._lowest_flush_target = min(self._flush_targets, default=math.inf)
+
+    def _loop_ended(self) -> bool:
+        # Closed by _run once nothing can settle any more (it then wakes wait_settled).
+        loop = self._loop
+        return loop is not None and loop.is_closed()
 
     def queue_depth(self) -> int:
         """Requests waiting in the queue (not yet handed to NATS)."""
@@ -451,7 +481,6 @@ class LoopRunner:
                 loop.close()
                 # Nothing can settle any more: no wait_settled() may wait for it.
                 with self._settled_changed:
-                    self._loop_ended = True
                     self._settled_changed.notify_all()
 
     async def _main(self) -> None:
@@ -552,13 +581,14 @@ class LoopRunner:
         ack, at the end of the loop turn, so that the sends freed by one read of acks
         leave in one write rather than one each (throughput).
         """
-        if self._draining or self._retrying:
+        state = self._drain_state
+        if state is _RUNNING or state is _HELD:
             return  # already draining further up the stack, or held back for order
         queue, drained = self._queue, self._queue_drained
         if queue is None or drained is None:
             return  # not started yet
         async_q = queue.async_q
-        self._draining = True
+        self._drain_state = _RUNNING
         try:
             while self._stopping or self._in_flight < self._max_in_flight:
                 try:
@@ -579,11 +609,12 @@ class LoopRunner:
                 except Exception as exc:  # a bug must cost one event, never the loop
                     logger.exception("sending an event failed unexpectedly; the loop goes on")
                     self._fail_unexpectedly(request, exc)
-            self._waiting_for_room = True
+            self._drain_state = _WAITING_FOR_ROOM
         except janus.AsyncQueueShutDown:
             drained.set()
         finally:
-            self._draining = False
+            if self._drain_state is _RUNNING:  # not stopped at the limit or held
+                self._drain_state = _IDLE
             if not after_ack:
                 self._flush_writes()
             elif not self._flush_scheduled:
@@ -645,7 +676,7 @@ class LoopRunner:
                 _break_order(request)
                 self._finish(request, error=_as_sink_error(error))
                 return True
-            self._retrying = True
+            self._drain_state = _HELD
             self._spawn(self._retry_send(request))
             return False
         self._writes_failing = False
@@ -682,7 +713,7 @@ class LoopRunner:
             request.ack_token = token
             self._watch_deadline(request)
         finally:
-            self._retrying = False
+            self._drain_state = _IDLE
             self._drain()  # sends what waited behind it, and writes this one out too
 
     def _watch_deadline(self, request: PublishRequest) -> None:
@@ -776,8 +807,8 @@ class LoopRunner:
             self._drain_into_freed_slot()
 
     def _drain_into_freed_slot(self) -> None:
-        if self._waiting_for_room:
-            self._waiting_for_room = False
+        if self._drain_state is _WAITING_FOR_ROOM:
+            self._drain_state = _IDLE
             self._drain(after_ack=True)
 
     def _settle(

@@ -560,6 +560,45 @@ def test_fast_failures_are_retried_within_one_emit(clock: FakeClock) -> None:
     assert len(attempts) == 3
 
 
+def test_a_write_being_retried_holds_the_queue_so_nothing_overtakes_it(clock: FakeClock) -> None:
+    # A send that fails at once (the connection blipped) is retried before anything
+    # queued behind it is sent: an event queued during the retry's backoff must wait
+    # for it, or JetStream stores it first.
+    refusals = threading.Condition()
+
+    class RefusesFirst(InstantPublisher):
+        refused = 0
+        refusing = True
+
+        def send_now(
+            self, subject: str, payload: bytes, headers: Mapping[str, str], receiver: Any
+        ) -> int:
+            if self.refusing and headers["Nats-Msg-Id"] == "evt-0":
+                with refusals:
+                    self.refused += 1
+                    refusals.notify_all()
+                raise PublishError("fake: the connection blipped")
+            return super().send_now(subject, payload, headers, receiver)
+
+    publisher = RefusesFirst()
+    with JetStreamEventSink.from_publisher(
+        publisher, "a.b", clock=clock, retry_attempts=1000, publish_timeout=30.0
+    ) as sink:
+        first = sink.emit_nowait(make_event(0))
+        with refusals:
+            assert refusals.wait_for(lambda: publisher.refused >= 1, 5)
+            refused_before = publisher.refused
+        second = sink.emit_nowait(make_event(1))
+        # Two more attempts with the second event queued: had anything (a wake-up, the
+        # drain itself) sent it meanwhile, it would be stored first.
+        with refusals:
+            assert refusals.wait_for(lambda: publisher.refused >= refused_before + 2, 10)
+            publisher.refusing = False
+        assert first.result(10).seq == 1
+        assert second.result(10).seq == 2
+    assert [headers["Nats-Msg-Id"] for _, _, headers in publisher.received] == ["evt-0", "evt-1"]
+
+
 def test_from_publisher_rejects_bad_options() -> None:
     from cellos_sink_jetstream import ConfigError
 
