@@ -97,9 +97,9 @@ _DISALLOWED_CHAR_RE = re.compile(
 # at serialisation time, far from the code that put it there.
 _SURROGATE_RE = re.compile("[\\ud800-\\udfff]")
 
+# Groups: second, fraction (with its dot), offset. The rest is at fixed places.
 _RFC3339_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
-    r"(?:[Zz]|([+-])(\d{2}):(\d{2}))",
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})",
     re.ASCII,  # without it \d also matches non-ASCII digits, which int() accepts
 )
 
@@ -108,6 +108,7 @@ _RFC3339_RE = re.compile(
 # lower-case "t"/"z"), truncating fractions to microseconds and giving zero offsets
 # timezone.utc, exactly as the hand-written reader does.
 _FROMISOFORMAT_READS_RFC3339 = sys.version_info >= (3, 11)
+_ZERO_OFFSETS = frozenset({"Z", "z", "+00:00", "-00:00"})
 
 
 def _make_json_encoder() -> Callable[[Any], str]:
@@ -148,6 +149,8 @@ def _make_json_encoder() -> Callable[[Any], str]:
 
 
 _encode_json = _make_json_encoder()
+# JSON text of a str, quotes included: what the encoder above writes for a str.
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _preview(value: str, limit: int = 60) -> str:
@@ -247,31 +250,17 @@ def _json_kind(value: object) -> str:
 
 def _check_extensions(extensions: object) -> dict[str, ExtensionValue]:
     """Validate ``extensions`` and return a private copy of it."""
-    if not isinstance(extensions, Mapping):
+    if type(extensions) is not dict and not isinstance(extensions, Mapping):
         raise InvalidEventError(
             "extensions", f"must be a mapping of name to value, got {type(extensions).__name__}"
         )
     checked: dict[str, ExtensionValue] = {}
     for name, value in extensions.items():
-        if name in _VALID_EXTENSION_NAMES:  # the same few names come back on every event
-            pass
-        elif not isinstance(name, str) or _EXTENSION_NAME_RE.fullmatch(name) is None:
-            shown = _preview(name) if isinstance(name, str) else repr(type(name).__name__)
-            raise InvalidEventError(
-                "extensions",
-                f"extension name {shown} is invalid: names must be 1 to 20 characters "
-                "from a-z and 0-9 (lower case, no '-' or '_')",
-            )
-        if name in CORE_ATTRIBUTES:
-            raise InvalidEventError(
-                "extensions",
-                f"extension name {name!r} is a core CloudEvents attribute; set it through "
-                "its own argument instead",
-            )
-        elif len(_VALID_EXTENSION_NAMES) < _MAX_REMEMBERED_NAMES:
-            _VALID_EXTENSION_NAMES.add(name)
+        if name not in _VALID_EXTENSION_NAMES:  # the same few names come back on every event
+            _check_extension_name(name)
         if type(value) is str:
-            _check_string_chars(name, value)
+            if not (value.isascii() and value.isprintable()):
+                _check_string_chars(name, value)
         elif isinstance(value, bool):
             pass
         elif isinstance(value, int):
@@ -291,6 +280,25 @@ def _check_extensions(extensions: object) -> dict[str, ExtensionValue]:
             )
         checked[name] = value
     return checked
+
+
+def _check_extension_name(name: object) -> None:
+    """Refuse an invalid extension name; remember a valid one (while there is room)."""
+    if not isinstance(name, str) or _EXTENSION_NAME_RE.fullmatch(name) is None:
+        shown = _preview(name) if isinstance(name, str) else repr(type(name).__name__)
+        raise InvalidEventError(
+            "extensions",
+            f"extension name {shown} is invalid: names must be 1 to 20 characters "
+            "from a-z and 0-9 (lower case, no '-' or '_')",
+        )
+    if name in CORE_ATTRIBUTES:
+        raise InvalidEventError(
+            "extensions",
+            f"extension name {name!r} is a core CloudEvents attribute; set it through "
+            "its own argument instead",
+        )
+    if len(_VALID_EXTENSION_NAMES) < _MAX_REMEMBERED_NAMES:
+        _VALID_EXTENSION_NAMES.add(name)
 
 
 # Extension names that passed the checks above (a bounded set: names are few in practice).
@@ -442,9 +450,13 @@ def _is_plain_json(value: Any, depth: int) -> bool:
         return False
     if type(value) is dict:
         items: Any = value.values()
-        for key in value:
-            if type(key) is not str or not key.isascii():
+        # ASCII str keys (a str subclass is a str key) cannot hold a surrogate. One join
+        # checks them all in C; it refuses a key of any other type.
+        try:
+            if not "".join(value).isascii():
                 return False
+        except TypeError:
+            return False
     elif type(value) is list:
         items = value
     else:
@@ -504,6 +516,15 @@ def parse_rfc3339(text: object) -> datetime:
     seconds included (``datetime`` cannot hold second 60), raises
     :class:`~cellos_sink_jetstream.InvalidEventError` for ``time``.
     """
+    return _read_rfc3339(text)[0]
+
+
+def _read_rfc3339(text: object) -> tuple[datetime, str]:
+    """:func:`parse_rfc3339`, and the text :func:`format_rfc3339` writes for the result.
+
+    ``from_dict`` needs both; writing the text from the match costs a fraction of
+    formatting the datetime again (``isoformat`` is slow on aware datetimes).
+    """
     if not isinstance(text, str):
         raise InvalidEventError("time", f"must be an RFC 3339 str, got {type(text).__name__}")
     match = _RFC3339_RE.fullmatch(text)
@@ -513,38 +534,50 @@ def parse_rfc3339(text: object) -> datetime:
             f"{_preview(text)} is not an RFC 3339 timestamp; expected e.g. "
             "'2024-05-01T12:30:00Z' or '2024-05-01T14:30:00.123+02:00'",
         )
-    second, sign, off_hours, off_minutes = match.group(6, 8, 9, 10)
+    second, fraction, offset = match.groups()
     if second == "60":
         raise InvalidEventError(
             "time", f"{_preview(text)} is a leap second, which Python datetimes cannot hold"
         )
+    zero_offset = offset in _ZERO_OFFSETS
     # Two digits each (the regex): comparing the strs compares the numbers.
-    if sign is not None and (off_hours > "23" or off_minutes > "59"):
+    if not zero_offset and (offset[1:3] > "23" or offset[4:] > "59"):
         raise InvalidEventError("time", f"{_preview(text)} has an offset outside -23:59..+23:59")
+    # What format_rfc3339 writes: the date and time as given (fixed widths, ASCII digits),
+    # the microseconds unless zero, "Z" for a zero offset (which both readers below give
+    # timezone.utc), else the offset as given.
+    if fraction is None or (len(fraction) == 7 and fraction != ".000000"):
+        written = text[: len(text) - len(offset)]
+    else:
+        micro = fraction[1:7].ljust(6, "0")
+        written = text[:19] if micro == "000000" else f"{text[:19]}.{micro}"
+    if text[10] == "t":
+        written = f"{written[:10]}T{written[11:]}"
+    written += "Z" if zero_offset else offset
     if _FROMISOFORMAT_READS_RFC3339:
         # The checks above decide what is accepted; this only reads it, in C (a fifth of
         # the time). What it refuses (a day past the month's end, a lower-case "t" or "z")
         # goes the long way below, for the precise error.
         try:
-            return datetime.fromisoformat(text)
+            return datetime.fromisoformat(text), written
         except ValueError:
             pass
-    year, month, day, hour, minute, second, fraction = match.group(1, 2, 3, 4, 5, 6, 7)
     tz = timezone.utc
-    if sign is not None:
-        offset = timedelta(hours=int(off_hours), minutes=int(off_minutes))
-        if offset:
-            tz = timezone(-offset if sign == "-" else offset)
-    microsecond = int(fraction[:6].ljust(6, "0")) if fraction else 0
+    if not zero_offset:
+        delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[4:]))
+        tz = timezone(-delta if offset[0] == "-" else delta)
+    microsecond = int(fraction[1:7].ljust(6, "0")) if fraction else 0
     try:
-        return datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second),
+        moment = datetime(
+            int(text[:4]), int(text[5:7]), int(text[8:10]),
+            int(text[11:13]), int(text[14:16]), int(second),
             microsecond, tzinfo=tz,
         )  # fmt: skip
     except ValueError as exc:
         raise InvalidEventError(
             "time", f"{_preview(text)} is not a valid date/time: {exc}"
         ) from None
+    return moment, written
 
 
 def _normalise_time(moment: object) -> tuple[datetime, str]:
@@ -625,9 +658,49 @@ class _ReadOnlyExtensions(Mapping[str, ExtensionValue]):
 
 _NO_EXTENSIONS = _ReadOnlyExtensions({})
 
-# The optional str attributes, in the order the structured JSON lists them.
-_OPTIONAL_STRINGS_BEFORE_TIME = ("subject",)
-_OPTIONAL_STRINGS_AFTER_TIME = ("datacontenttype", "dataschema")
+
+def _items_of(extensions: Mapping[str, ExtensionValue]) -> dict[str, ExtensionValue]:
+    """An event's extensions as a dict: its own (not to be changed), read without a copy."""
+    if isinstance(extensions, _ReadOnlyExtensions):
+        return extensions._items
+    return dict(extensions)  # an event built in some way around __post_init__
+
+
+def _extensions_json(extensions: dict[str, ExtensionValue]) -> str:
+    """The structured JSON members of validated ``extensions``: ``,"name":value`` each."""
+    written = ""
+    for name, value in extensions.items():
+        if isinstance(value, str):
+            value_json = _json_str(value)
+        elif isinstance(value, bool):
+            value_json = "true" if value else "false"
+        else:
+            value_json = int.__repr__(value)  # what json writes for an int (subclass)
+        # A valid name is plain ASCII that JSON writes as it is; a str subclass is written
+        # by its str value, as json would.
+        name_json = f'"{name}"' if type(name) is str else _json_str(name)
+        written += f",{name_json}:{value_json}"
+    return written
+
+
+def _escaped_head(event: CloudEventV1, time_text: str | None) -> str:
+    """The structured JSON object's first members, each str escaped as :mod:`json` does.
+
+    ``time_text``: what :func:`format_rfc3339` writes for ``event.time``.
+    """
+    head = (
+        f'{{"specversion":"1.0","id":{_json_str(event.id)},'
+        f'"source":{_json_str(event.source)},"type":{_json_str(event.type)}'
+    )
+    if event.subject is not None:
+        head += f',"subject":{_json_str(event.subject)}'
+    if time_text is not None:
+        head += f',"time":"{time_text}"'
+    if event.datacontenttype is not None:
+        head += f',"datacontenttype":{_json_str(event.datacontenttype)}'
+    if event.dataschema is not None:
+        head += f',"dataschema":{_json_str(event.dataschema)}'
+    return head
 
 
 @dataclass(frozen=True)
@@ -666,77 +739,108 @@ class CloudEventV1:
     dataschema: str | None = None
     data: Any = None
     extensions: Mapping[str, ExtensionValue] = _NO_EXTENSIONS
-    # The structured JSON object, built once here so to_json() is a single encode call.
-    _structured: dict[str, Any] = field(init=False, repr=False, compare=False)
+    # The structured JSON object but its data member and closing brace, written once here
+    # from the immutable attributes, so to_json() has only data left to write. Data is
+    # written at each to_json(): the caller owns it, and a change that makes it unwritable
+    # must be refused then, not sent as it was.
+    _json_head: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        """Validate every attribute and precompute the structured JSON object."""
-        # Runs for every event a caller builds, so the common case of each check (a
-        # non-empty, printable ASCII str) is tested inline; anything else goes to the
-        # checker, which decides and explains.
+        """Validate every attribute and write the structured JSON of all but ``data``."""
+        self._build(None)
+
+    def _build(self, time_text: str | None) -> None:
+        """``__post_init__``, given the text :func:`format_rfc3339` writes for ``time`` if known.
+
+        Runs for every event a caller builds, so the common case of each check (a
+        non-empty, printable ASCII str) is tested inline; anything else goes to the checker,
+        which decides and explains.
+        """
+        fields = self.__dict__  # frozen: set through the instance dict, as __init__ does
         if self.specversion != SPECVERSION:
             raise InvalidEventError(
                 "specversion",
                 f"{_show(self.specversion)} is not supported; only CloudEvents {SPECVERSION!r} is",
             )
         event_id, source, kind = self.id, self.source, self.type
-        if not (
+        subject, datacontenttype, dataschema = self.subject, self.datacontenttype, self.dataschema
+        # The common case first, all at once: every str attribute an exact, non-empty str,
+        # of printable ASCII together. JSON writes such a str as it is between quotes,
+        # unless it holds '"' or '\\': then "plain" is False, and the head is escaped.
+        plain = (
             type(event_id) is str
             and 0 < len(event_id) <= MAX_ID_LENGTH
-            and event_id.isascii()
-            and event_id.isprintable()
             and event_id[0] != " "  # the only printable ASCII whitespace
             and event_id[-1] != " "
-        ):
+            and type(source) is str
+            and source != ""
+            and type(kind) is str
+            and kind != ""
+            and (subject is None or (type(subject) is str and subject != ""))
+            and (
+                datacontenttype is None or (type(datacontenttype) is str and datacontenttype != "")
+            )
+            and (dataschema is None or (type(dataschema) is str and dataschema != ""))
+        )
+        if plain:
+            joined = (
+                f"{event_id}{source}{kind}{subject or ''}{datacontenttype or ''}{dataschema or ''}"
+            )
+            checked = joined.isascii() and joined.isprintable()
+            plain = checked and '"' not in joined and "\\" not in joined
+        else:
+            checked = False
+        if not checked:  # the checkers decide, and explain, in the order of the attributes
             _check_id(event_id)
-        if not (type(source) is str and source and source.isascii() and source.isprintable()):
             _check_string("source", source, required=True)
-        if not (type(kind) is str and kind and kind.isascii() and kind.isprintable()):
             _check_string("type", kind, required=True)
-        structured: dict[str, Any] = {
-            "specversion": SPECVERSION,
-            "id": event_id,
-            "source": source,
-            "type": kind,
-        }
-        for name in _OPTIONAL_STRINGS_BEFORE_TIME:
-            value = getattr(self, name)
-            if value is not None:
-                if not (type(value) is str and value and value.isascii() and value.isprintable()):
-                    _check_string(name, value, required=False)
-                structured[name] = value
-        if self.time is not None:
-            moment, structured["time"] = _normalise_time(self.time)
-            if moment is not self.time:
-                object.__setattr__(self, "time", moment)
-        for name in _OPTIONAL_STRINGS_AFTER_TIME:
-            value = getattr(self, name)
-            if value is not None:
-                if not (type(value) is str and value and value.isascii() and value.isprintable()):
-                    _check_string(name, value, required=False)
-                structured[name] = value
+            if subject is not None:
+                _check_string("subject", subject, required=False)
+        moment = self.time
+        if moment is not None and time_text is None:
+            normalised, time_text = _normalise_time(moment)
+            if normalised is not moment:
+                fields["time"] = normalised
+        if not checked:
+            if datacontenttype is not None:
+                _check_string("datacontenttype", datacontenttype, required=False)
+            if dataschema is not None:
+                _check_string("dataschema", dataschema, required=False)
 
         extensions = self.extensions
         # An extensions object taken from another event (dataclasses.replace) is already
         # valid and immutable.
-        if type(extensions) is not _ReadOnlyExtensions:
-            checked = _check_extensions(extensions)
-            extensions = _ReadOnlyExtensions(checked) if checked else _NO_EXTENSIONS
-            object.__setattr__(self, "extensions", extensions)
-        if extensions:
-            structured.update(extensions._items)
+        if type(extensions) is _ReadOnlyExtensions:
+            extension_items = extensions._items
+        else:
+            extension_items = _check_extensions(extensions)
+            fields["extensions"] = (
+                _ReadOnlyExtensions(extension_items) if extension_items else _NO_EXTENSIONS
+            )
 
         data = self.data
         if data is not None:
             if isinstance(data, (bytes, bytearray)):
                 if type(data) is not bytes:
-                    data = bytes(data)
-                    object.__setattr__(self, "data", data)
-                structured["data_base64"] = base64.b64encode(data).decode("ascii")
+                    fields["data"] = bytes(data)
             else:
                 _check_data(data)
-                structured["data"] = data
-        object.__setattr__(self, "_structured", structured)
+
+        if plain:
+            head = f'{{"specversion":"1.0","id":"{event_id}","source":"{source}","type":"{kind}"'
+            if subject is not None:
+                head += f',"subject":"{subject}"'
+            if time_text is not None:
+                head += f',"time":"{time_text}"'
+            if datacontenttype is not None:
+                head += f',"datacontenttype":"{datacontenttype}"'
+            if dataschema is not None:
+                head += f',"dataschema":"{dataschema}"'
+        else:
+            head = _escaped_head(self, time_text)
+        if extension_items:
+            head += _extensions_json(extension_items)
+        fields["_json_head"] = head
 
     def __hash__(self) -> int:
         return hash((self.source, self.id))
@@ -768,22 +872,24 @@ class CloudEventV1:
                 "dataschema": dataschema,
                 "data": data,
                 "extensions": _NO_EXTENSIONS if extensions is None else extensions,
-            }
+            },
+            None,
         )
 
     @classmethod
-    def _assemble(cls, fields: dict[str, Any]) -> CloudEventV1:
-        """``cls(**fields)`` with every field given, validated by the same ``__post_init__``.
+    def _assemble(cls, fields: dict[str, Any], time_text: str | None) -> CloudEventV1:
+        """``cls(**fields)`` with every field given, validated by the same ``_build``.
 
         The dataclass's generated ``__init__`` sets each field through
         ``object.__setattr__`` (the class is frozen): a fifth of the cost of building a
         typical event. Filling the new instance's ``__dict__`` at once is equivalent.
+        ``time_text``: what :func:`format_rfc3339` writes for ``fields["time"]``, if known.
         """
         if cls is not CloudEventV1:  # a subclass may have an __init__ of its own
             return cls(**fields)
         event = object.__new__(cls)
         event.__dict__.update(fields)
-        event.__post_init__()
+        event._build(time_text)
         return event
 
     def _with_extensions(self, added: Mapping[str, ExtensionValue]) -> CloudEventV1:
@@ -797,17 +903,15 @@ class CloudEventV1:
         if type(self) is not CloudEventV1 or not checked:
             return dataclasses.replace(self, extensions={**self.extensions, **checked})
         event = object.__new__(CloudEventV1)
-        event.__dict__.update(self.__dict__)
-        merged = {**self.extensions, **checked}
-        event.__dict__["extensions"] = _ReadOnlyExtensions(merged)
-        # Extensions go before data in the structured object, as __post_init__ orders it.
-        structured = dict(self._structured)
-        payload: dict[str, Any] = {
-            key: structured.pop(key) for key in ("data", "data_base64") if key in structured
-        }
-        structured.update(checked)
-        structured.update(payload)
-        event.__dict__["_structured"] = structured
+        fields = event.__dict__
+        fields.update(self.__dict__)
+        before = _items_of(self.extensions)
+        merged = {**before, **checked}
+        fields["extensions"] = _ReadOnlyExtensions(merged)
+        # The head ends with the extensions' members (_build writes them last).
+        head = self._json_head
+        attributes_end = len(head) - len(_extensions_json(before))
+        fields["_json_head"] = head[:attributes_end] + _extensions_json(merged)
         return event
 
     def to_json(self) -> bytes:
@@ -816,8 +920,14 @@ class CloudEventV1:
         UTF-8, compact, non-ASCII characters kept as is. Members are ordered specversion,
         id, source, type, optional attributes, extensions, then ``data`` or ``data_base64``.
         """
+        data = self.data
+        if data is None:
+            return (self._json_head + "}").encode("utf-8")
+        if isinstance(data, bytes):
+            encoded = base64.b64encode(data).decode("ascii")
+            return f'{self._json_head},"data_base64":"{encoded}"}}'.encode()
         try:
-            return _encode_json(self._structured).encode("utf-8")
+            return f'{self._json_head},"data":{_encode_json(data)}}}'.encode()
         except RecursionError:
             # The data passed its checks: the caller's stack is what is nearly full.
             raise InvalidEventError("data", _NO_STACK_LEFT_PROBLEM) from None
@@ -837,7 +947,27 @@ class CloudEventV1:
         ``time`` is an RFC 3339 str and bytes data is a base64 str under ``data_base64``.
         The dict is new, but ``data`` inside it is the event's own object, not a copy.
         """
-        return dict(self._structured)
+        structured: dict[str, Any] = {
+            "specversion": SPECVERSION,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+        }
+        if self.subject is not None:
+            structured["subject"] = self.subject
+        if self.time is not None:
+            structured["time"] = _normalise_time(self.time)[1]
+        if self.datacontenttype is not None:
+            structured["datacontenttype"] = self.datacontenttype
+        if self.dataschema is not None:
+            structured["dataschema"] = self.dataschema
+        structured.update(_items_of(self.extensions))
+        data = self.data
+        if isinstance(data, bytes):
+            structured["data_base64"] = base64.b64encode(data).decode("ascii")
+        elif data is not None:
+            structured["data"] = data
+        return structured
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any]) -> CloudEventV1:
@@ -847,25 +977,38 @@ class CloudEventV1:
         become extensions and are validated as such. A member whose value is ``None``
         (JSON null) counts as absent, as the CloudEvents JSON format requires.
         """
-        if not isinstance(mapping, Mapping):
+        if type(mapping) is not dict and not isinstance(mapping, Mapping):
             raise InvalidEventError(
                 EVENT_ATTRIBUTE,
                 f"a structured CloudEvent must be a JSON object, got {type(mapping).__name__}",
             )
-        for required in ("specversion", "id", "source", "type"):
-            if mapping.get(required) is None:
-                raise InvalidEventError(
-                    required, "is missing; every CloudEvent needs specversion, id, source and type"
-                )
-        data = mapping.get("data")
-        data_base64 = mapping.get("data_base64")
-        if data is not None and data_base64 is not None:
-            raise InvalidEventError(
-                "data_base64", "and data are both present; an event carries at most one of them"
-            )
+        get = mapping.get
+        specversion, event_id, source, kind = (
+            get("specversion"),
+            get("id"),
+            get("source"),
+            get("type"),
+        )
+        if specversion is None or event_id is None or source is None or kind is None:
+            for required in ("specversion", "id", "source", "type"):
+                if get(required) is None:
+                    raise InvalidEventError(
+                        required,
+                        "is missing; every CloudEvent needs specversion, id, source and type",
+                    )
+        data = get("data")
+        data_base64 = get("data_base64")
         if data_base64 is not None:
+            if data is not None:
+                raise InvalidEventError(
+                    "data_base64",
+                    "and data are both present; an event carries at most one of them",
+                )
             data = _decode_base64(data_base64)
-        time = mapping.get("time")
+        time = get("time")
+        time_text = None
+        if time is not None:
+            time, time_text = _read_rfc3339(time)
         extensions = {
             name: value
             for name, value in mapping.items()
@@ -873,17 +1016,18 @@ class CloudEventV1:
         }
         return cls._assemble(
             {
-                "id": mapping["id"],
-                "source": mapping["source"],
-                "type": mapping["type"],
-                "specversion": mapping["specversion"],
-                "subject": mapping.get("subject"),
-                "time": None if time is None else parse_rfc3339(time),
-                "datacontenttype": mapping.get("datacontenttype"),
-                "dataschema": mapping.get("dataschema"),
+                "id": event_id,
+                "source": source,
+                "type": kind,
+                "specversion": specversion,
+                "subject": get("subject"),
+                "time": time,
+                "datacontenttype": get("datacontenttype"),
+                "dataschema": get("dataschema"),
                 "data": data,
                 "extensions": extensions,
-            }
+            },
+            time_text,
         )
 
     @classmethod
