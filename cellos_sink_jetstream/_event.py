@@ -108,6 +108,10 @@ _RFC3339_RE = re.compile(
 # lower-case "t"/"z"), truncating fractions to microseconds and giving zero offsets
 # timezone.utc, exactly as the hand-written reader does.
 _FROMISOFORMAT_READS_RFC3339 = sys.version_info >= (3, 11)
+_rfc3339_fullmatch = _RFC3339_RE.fullmatch
+_fromisoformat = datetime.fromisoformat
+
+
 _ZERO_OFFSETS = frozenset({"Z", "z", "+00:00", "-00:00"})
 
 
@@ -527,7 +531,29 @@ def _read_rfc3339(text: object) -> tuple[datetime, str]:
     """
     if not isinstance(text, str):
         raise InvalidEventError("time", f"must be an RFC 3339 str, got {type(text).__name__}")
-    match = _RFC3339_RE.fullmatch(text)
+    size = len(text)
+    if (
+        # YYYY-MM-DDTHH:MM:SS.ffffff then +00:00 or Z: what Python writes for UTC with
+        # microseconds, the most common form by far. Only the digits are left unchecked,
+        # and fromisoformat reads exactly ASCII digits at those places: what it reads here
+        # is what the regex below accepts (tests/test_event.py holds it to that).
+        ((size == 32 and text[26:] == "+00:00") or (size == 27 and text[26] == "Z"))
+        and text[19] == "."
+        and text[16] == ":"
+        and text[13] == ":"
+        and text[10] == "T"
+        and text[7] == "-"
+        and text[4] == "-"
+        and _FROMISOFORMAT_READS_RFC3339
+    ):
+        try:
+            moment = _fromisoformat(text)
+        except ValueError:  # a month 13, say: the long way explains
+            pass
+        else:
+            if text[20:26] != "000000":  # else format_rfc3339 leaves the fraction out
+                return moment, text[:26] + "Z"
+    match = _rfc3339_fullmatch(text)
     if match is None:
         raise InvalidEventError(
             "time",
@@ -683,6 +709,33 @@ def _extensions_json(extensions: dict[str, ExtensionValue]) -> str:
     return written
 
 
+def _plain_head(
+    event_id: str,
+    source: str,
+    kind: str,
+    *,
+    subject: str | None,
+    time_text: str | None,
+    datacontenttype: str | None,
+    dataschema: str | None,
+) -> str:
+    """The structured JSON object's first members, from plain strs.
+
+    Plain: exact strs of printable ASCII without '"' or backslash, which JSON writes as they
+    are between quotes (the caller checked).
+    """
+    head = f'{{"specversion":"1.0","id":"{event_id}","source":"{source}","type":"{kind}"'
+    if subject is not None:
+        head += f',"subject":"{subject}"'
+    if time_text is not None:
+        head += f',"time":"{time_text}"'
+    if datacontenttype is not None:
+        head += f',"datacontenttype":"{datacontenttype}"'
+    if dataschema is not None:
+        head += f',"dataschema":"{dataschema}"'
+    return head
+
+
 def _escaped_head(event: CloudEventV1, time_text: str | None) -> str:
     """The structured JSON object's first members, each str escaped as :mod:`json` does.
 
@@ -827,15 +880,15 @@ class CloudEventV1:
                 _check_data(data)
 
         if plain:
-            head = f'{{"specversion":"1.0","id":"{event_id}","source":"{source}","type":"{kind}"'
-            if subject is not None:
-                head += f',"subject":"{subject}"'
-            if time_text is not None:
-                head += f',"time":"{time_text}"'
-            if datacontenttype is not None:
-                head += f',"datacontenttype":"{datacontenttype}"'
-            if dataschema is not None:
-                head += f',"dataschema":"{dataschema}"'
+            head = _plain_head(
+                event_id,
+                source,
+                kind,
+                subject=subject,
+                time_text=time_text,
+                datacontenttype=datacontenttype,
+                dataschema=dataschema,
+            )
         else:
             head = _escaped_head(self, time_text)
         if extension_items:
@@ -977,7 +1030,12 @@ class CloudEventV1:
         become extensions and are validated as such. A member whose value is ``None``
         (JSON null) counts as absent, as the CloudEvents JSON format requires.
         """
-        if type(mapping) is not dict and not isinstance(mapping, Mapping):
+        if type(mapping) is dict:
+            if cls is CloudEventV1:
+                event = _read_common(mapping)
+                if event is not None:
+                    return event
+        elif not isinstance(mapping, Mapping):
             raise InvalidEventError(
                 EVENT_ATTRIBUTE,
                 f"a structured CloudEvent must be a JSON object, got {type(mapping).__name__}",
@@ -1081,6 +1139,153 @@ class CloudEventV1:
 
         event = from_nats_message(headers, body)
         return event if type(event) is cls else cls.from_dict(event.to_dict())
+
+
+def _read_common(mapping: dict[str, Any]) -> CloudEventV1 | None:
+    """``CloudEventV1.from_dict(mapping)`` for the common shape of event, else ``None``.
+
+    The common shape: specversion ``"1.0"``; str attributes that are exact strs of
+    printable ASCII without '"' or backslash (JSON writes them as they are, so they are
+    written with one f-string); extensions of remembered names whose values are such strs,
+    bools or 32-bit ints; no ``data_base64``. For anything else this returns ``None`` and
+    the full path decides and explains. It refuses only what the full path would refuse
+    first, with the same error: an invalid time, then (all else being valid) invalid data.
+    tests/test_event.py holds it to the full path.
+    """
+    get = mapping.get
+    specversion = get("specversion")
+    event_id = get("id")
+    source = get("source")
+    kind = get("type")
+    subject = get("subject")
+    datacontenttype = get("datacontenttype")
+    dataschema = get("dataschema")
+    if not (
+        type(specversion) is str
+        and specversion == SPECVERSION
+        and type(event_id) is str
+        and 0 < len(event_id) <= MAX_ID_LENGTH
+        and event_id[0] != " "  # the only printable ASCII whitespace
+        and event_id[-1] != " "
+        and type(source) is str
+        and source != ""
+        and type(kind) is str
+        and kind != ""
+        and (subject is None or (type(subject) is str and subject != ""))
+        and (datacontenttype is None or (type(datacontenttype) is str and datacontenttype != ""))
+        and (dataschema is None or (type(dataschema) is str and dataschema != ""))
+        and get("data_base64") is None
+    ):
+        return None
+    extension_items: dict[str, ExtensionValue] = {}
+    extensions_json = ""
+    extension_strings = ""  # checked with the attributes below
+    for name in _extension_names(mapping):
+        value = mapping[name]
+        if value is None:  # JSON null: absent
+            continue
+        if type(name) is not str or name not in _VALID_EXTENSION_NAMES:
+            return None
+        value_type = type(value)
+        if value_type is str:
+            extension_strings += value
+            extensions_json += f',"{name}":"{value}"'
+        elif value_type is bool:
+            extensions_json += f',"{name}":{"true" if value else "false"}'
+        elif value_type is int and _INT32_MIN <= value <= _INT32_MAX:
+            extensions_json += f',"{name}":{value}'
+        else:
+            return None
+        extension_items[name] = value
+
+    joined = (
+        f"{event_id}{source}{kind}{subject or ''}{datacontenttype or ''}{dataschema or ''}"
+        f"{extension_strings}"
+    )
+    if not (joined.isascii() and joined.isprintable()) or '"' in joined or "\\" in joined:
+        return None
+
+    time = get("time")
+    time_text = None
+    if time is not None:
+        time, time_text = _read_rfc3339(time)
+    data = get("data")
+    if data is not None:
+        if isinstance(data, (bytes, bytearray)):
+            return None
+        _check_data(data)
+
+    head = _plain_head(
+        event_id,
+        source,
+        kind,
+        subject=subject,
+        time_text=time_text,
+        datacontenttype=datacontenttype,
+        dataschema=dataschema,
+    )
+    event = object.__new__(CloudEventV1)
+    event.__dict__.update(
+        {
+            "id": event_id,
+            "source": source,
+            "type": kind,
+            "specversion": specversion,
+            "subject": subject,
+            "time": time,
+            "datacontenttype": datacontenttype,
+            "dataschema": dataschema,
+            "data": data,
+            "extensions": _shared_extensions(extensions_json, extension_items),
+            "_json_head": head + extensions_json if extensions_json else head,
+        }
+    )
+    return event
+
+
+def _extension_names(mapping: dict[str, Any]) -> tuple[str, ...]:
+    """The members of ``mapping`` that are not core attributes, in its order.
+
+    A producer's events share one shape, so the last shape's answer is kept: comparing
+    the key tuples is mostly identity checks of the same interned names.
+    """
+    keys = tuple(mapping)
+    last_keys, last_names = _last_shape
+    if keys == last_keys:
+        return last_names
+    names = tuple(name for name in keys if name not in CORE_ATTRIBUTES)
+    _remember_shape((keys, names))
+    return names
+
+
+def _remember_shape(shape: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+    global _last_shape  # noqa: PLW0603 -- one atomic assignment; readers see old or new
+    _last_shape = shape
+
+
+_last_shape: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
+
+def _shared_extensions(written: str, items: dict[str, ExtensionValue]) -> _ReadOnlyExtensions:
+    """The read-only extensions ``items``, whose JSON members are ``written``, shared.
+
+    Immutable, so events with the same extensions (a producer's tenant id, say) can share
+    one object; ``written`` tells them apart (exactly: the strs in it are plain, so it reads
+    back as ``items``, and ``1`` and ``true`` differ). The cache is bounded: past the bound
+    each event gets its own.
+    """
+    if not written:
+        return _NO_EXTENSIONS
+    shared = _SHARED_EXTENSIONS.get(written)
+    if shared is None:
+        shared = _ReadOnlyExtensions(items)
+        if len(_SHARED_EXTENSIONS) < _MAX_SHARED_EXTENSIONS:
+            _SHARED_EXTENSIONS[written] = shared
+    return shared
+
+
+_SHARED_EXTENSIONS: dict[str, _ReadOnlyExtensions] = {}
+_MAX_SHARED_EXTENSIONS = 256
 
 
 def _json_error(exc: json.JSONDecodeError) -> str:

@@ -1021,3 +1021,171 @@ def test_create_and_from_dict_build_the_same_event_as_the_constructor() -> None:
         pass
 
     assert type(Tagged.from_dict(built.to_dict())) is Tagged
+
+
+# --------------------------------------------------------------------------- from_dict's fast path
+
+
+def _from_dict_outcome(mapping: Any, *, common: bool) -> Any:
+    """What from_dict makes of ``mapping``: the event as written, or the refusal."""
+    saved = event_module._read_common
+    if not common:
+        event_module._read_common = lambda mapping: None  # type: ignore[assignment]
+    try:
+        event = CloudEventV1.from_dict(mapping)
+    except InvalidEventError as exc:
+        return ("refused", exc.attribute, str(exc))
+    finally:
+        event_module._read_common = saved
+    extensions = [(name, type(value), value) for name, value in event.extensions.items()]
+    return (
+        event,
+        event.to_json(),
+        sorted(vars(event)),
+        extensions,
+        None if event.time is None else (event.time.tzinfo, event.time.utcoffset()),
+    )
+
+
+plain_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=12)
+#: Values of str attributes: mostly the common case, then everything it must send elsewhere.
+attribute_values = st.one_of(
+    plain_text,
+    plain_text.map(lambda text: f'a"{text}'),
+    plain_text.map(lambda text: f"{text}\\"),
+    plain_text.map(lambda text: f" {text}"),
+    st.sampled_from(["", "é", "a\tb", "a\x7fb", "\ud800", "\ufdd0", "x" * (MAX_ID_LENGTH + 1)]),
+    st.sampled_from([None, 1, True, b"x", 1.5]),
+    st.text(max_size=6),
+)
+utc_micro = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)).map(
+    lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
+)
+time_values = st.one_of(
+    utc_micro.map(lambda text: text + "+00:00"),
+    utc_micro.map(lambda text: text + "Z"),
+    rfc3339_texts,
+    st.sampled_from(["2024-02-30T00:00:00.000000+00:00", "2024-05-01T12:30:60.000000+00:00"]),
+    st.sampled_from(["2024-05-01T12:30:00.000000+00:00", "20240501T123000.000000+00:00", 17]),
+)
+extension_member_values = st.one_of(
+    plain_text,
+    st.sampled_from(["", 'say "hi"', "back\\slash", "é", "a\nb", None, True, False, 0]),
+    st.integers(min_value=-(2**32), max_value=2**32),
+    st.sampled_from([1.5, [1], b"x"]),
+)
+
+
+@st.composite
+def structured_mappings(draw: st.DrawFn) -> dict[Any, Any]:
+    """Structured CloudEvent objects, mostly of the common shape, some just off it."""
+    mapping: dict[Any, Any] = {
+        "specversion": draw(st.sampled_from(["1.0", "1.0", "1.0", "0.3", 1.0, None])),
+        "id": draw(st.one_of(plain_text, plain_text, attribute_values)),
+        "source": draw(st.one_of(plain_text, attribute_values)),
+        "type": draw(st.one_of(plain_text, attribute_values)),
+    }
+    for name in ("subject", "datacontenttype", "dataschema"):
+        if draw(st.booleans()):
+            mapping[name] = draw(st.one_of(plain_text, attribute_values))
+    if draw(st.booleans()):
+        mapping["time"] = draw(time_values)
+    names = st.sampled_from(["tenantid", "attempt", "traceparent", "Tenant", "data2", "x" * 21, 1])
+    for name in draw(st.lists(names, max_size=3, unique=True)):
+        mapping[name] = draw(extension_member_values)
+    if draw(st.booleans()):
+        mapping["data"] = draw(st.one_of(json_values, odd_json_values, st.binary(max_size=4)))
+    if draw(st.integers(0, 9)) == 0:
+        mapping["data_base64"] = draw(st.sampled_from(["eA==", "not base64", None]))
+    order = draw(st.permutations(list(mapping)))
+    return {name: mapping[name] for name in order}
+
+
+@given(structured_mappings())
+@settings(max_examples=1000)
+def test_from_dicts_fast_path_accepts_and_refuses_exactly_as_the_full_path(
+    mapping: dict[Any, Any],
+) -> None:
+    fast = _from_dict_outcome(mapping, common=True)
+    full = _from_dict_outcome(mapping, common=False)
+    assert fast == full
+
+
+def test_from_dicts_fast_path_is_taken_for_the_common_shape() -> None:
+    mapping = {
+        "specversion": "1.0",
+        "id": "evt-1",
+        "source": "/cellos/supervisor",
+        "type": "io.cellos.cell.started",
+        "subject": "cells/web-1",
+        "time": "2024-05-01T12:30:00.123456+00:00",
+        "datacontenttype": "application/json",
+        "tenantid": "acme",
+        "attempt": 3,
+        "replayed": False,
+        "data": {"cellId": "web-1", "ok": True},
+    }
+    make_event(extensions={"tenantid": "x", "attempt": 1, "replayed": True})  # names known
+    event = event_module._read_common(mapping)
+    assert event is not None
+    assert event == _from_dict_outcome(mapping, common=False)[0]
+    assert event.to_json() == _from_dict_outcome(mapping, common=False)[1]
+    for off_shape in (
+        {**mapping, "subject": 'say "hi"'},  # written escaped
+        {**mapping, "subject": "café"},
+        {**mapping, "specversion": "0.3"},
+        {**mapping, "data_base64": "eA=="},
+        {**mapping, "notknownyet": "x"},
+        {**mapping, "attempt": 2**40},
+    ):
+        assert event_module._read_common(off_shape) is None
+
+
+def test_extension_values_keep_their_types_on_every_path() -> None:
+    base = {"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}
+    make_event(extensions={"flag": 1})
+    for value in (1, True, "1", 0, False):
+        for common in (True, False):
+            event = _from_dict_outcome({**base, "flag": value}, common=common)[0]
+            assert type(event.extensions["flag"]) is type(value)
+            assert event.to_json().endswith(f',"flag":{json.dumps(value)}}}'.encode())
+
+
+def test_the_shape_remembered_for_extensions_follows_the_mapping() -> None:
+    base = {"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}
+    make_event(extensions={"a": 1, "b": 2})
+    assert dict(CloudEventV1.from_dict({**base, "a": 1}).extensions) == {"a": 1}
+    assert dict(CloudEventV1.from_dict({**base, "b": 2}).extensions) == {"b": 2}
+    assert dict(CloudEventV1.from_dict({**base, "a": None}).extensions) == {}
+    assert list(CloudEventV1.from_dict({**base, "b": 2, "a": 1}).extensions) == ["b", "a"]
+    assert dict(CloudEventV1.from_dict(base).extensions) == {}
+
+
+#: Texts in the layout of the UTC-with-microseconds fast path, one character replaced.
+utc_micro_layout_near_misses = st.builds(
+    lambda text, index, char: text[:index] + char + text[index + 1 :],
+    st.one_of(utc_micro.map(lambda t: t + "+00:00"), utc_micro.map(lambda t: t + "Z")),
+    st.integers(0, 31),
+    st.one_of(
+        st.sampled_from(list("0123456789-:.TtZz+ ,W\u0663\uff11")),
+        st.characters(),
+    ),
+)
+
+
+@given(text=st.one_of(utc_micro_layout_near_misses, time_values))
+@settings(max_examples=1000)
+def test_reading_time_fast_and_long_ways_agree_and_write_what_format_writes(text: Any) -> None:
+    def outcome(fast: bool) -> Any:
+        saved = event_module._FROMISOFORMAT_READS_RFC3339
+        event_module._FROMISOFORMAT_READS_RFC3339 = fast and saved
+        try:
+            moment, written = event_module._read_rfc3339(text)
+        except InvalidEventError as exc:
+            return ("refused", str(exc))
+        finally:
+            event_module._FROMISOFORMAT_READS_RFC3339 = saved
+        assert written == format_rfc3339(moment)
+        return (moment, moment.tzinfo, written)
+
+    assert outcome(fast=True) == outcome(fast=False)
