@@ -637,6 +637,12 @@ def test_pipelined_futures_all_resolve_in_order_across_a_restart(stream: StagedS
         futures = []
         for n in range(count):
             if n == count // 2:
+                # Some events went through before the kill: wait for the first one's ack
+                # rather than hope the loop thread wrote and heard one while this thread
+                # queued half of them (under load it had not: no ack before the kill).
+                first = futures[0][1]
+                assert first is not None
+                first.result(10)
                 stream.server.kill()
                 stream.server.start()
             try:
