@@ -519,14 +519,26 @@ def on_inner_loop_thread(spool: SpoolingEventSink, call: Callable[[], object]) -
     inner = spool.inner
     assert isinstance(inner, JetStreamEventSink)
     outcome: list[object] = []
+    caller = threading.get_ident()
+    ran_on_caller: list[bool] = []
 
     def callback(_future: object) -> None:
+        if threading.get_ident() == caller:
+            # The trigger was acked before the callback was attached, so the future ran
+            # it here at once: that would test the caller's thread, not the loop's.
+            ran_on_caller.append(True)
+            return
         try:
             outcome.append(call())
         except Exception as exc:
             outcome.append(exc)
 
-    inner.emit_nowait(tenant_event("trigger", "good")).add_done_callback(callback)
+    for _ in range(20):
+        ran_on_caller.clear()
+        inner.emit_nowait(tenant_event("trigger", "good")).add_done_callback(callback)
+        if not ran_on_caller:
+            break
+    assert not ran_on_caller, "every trigger was acked before its callback was attached"
     wait_until(lambda: outcome, 5, "the call blocked the inner sink's loop thread")
     return outcome
 
