@@ -1,8 +1,11 @@
 """The CloudEvents 1.0 event model and its structured-mode JSON form.
 
 :class:`CloudEventV1` validates everything at construction, so an event that exists can
-always be written: :meth:`CloudEventV1.to_json` (called on every emit) does no checking of
-its own beyond what :mod:`json` does anyway.
+always be written. It writes the JSON of its (immutable) attributes and extensions then, so
+:meth:`CloudEventV1.to_json` (called on every emit) only encodes ``data`` with :mod:`json`'s
+C encoder and does no checking of its own beyond what :mod:`json` does anyway. ``data``
+stays the caller's object and is encoded at each call, so a later change to it is written,
+or refused if it made the data unwritable.
 
 This module is pure: it knows nothing of NATS or asyncio.
 """
@@ -17,7 +20,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol, Union
@@ -115,8 +118,11 @@ _fromisoformat = datetime.fromisoformat
 _ZERO_OFFSETS = frozenset({"Z", "z", "+00:00", "-00:00"})
 
 
-def _make_json_encoder() -> Callable[[Any], str]:
-    """Build the function that writes the structured JSON object as compact JSON text.
+def _make_json_encoder() -> Callable[[Any, int], Iterable[str]]:
+    """Build the function that writes a JSON value as compact JSON text, in chunks.
+
+    Called as ``"".join(chunks(value, 0))`` (the C encoder's own signature: the second
+    argument is the indent level), so that no Python frame is added per call.
 
     ``json.dumps`` with non-default options builds a new ``JSONEncoder`` per call, and
     ``JSONEncoder.encode`` builds a new C encoder per call; together that costs about a
@@ -127,9 +133,13 @@ def _make_json_encoder() -> Callable[[Any], str]:
     unexpected signature, the documented ``JSONEncoder.encode`` is used.
     """
     encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+    def encode(obj: Any, _indent_level: int) -> tuple[str]:
+        return (encoder.encode(obj),)
+
     make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
     if make_c_encoder is None:
-        return encoder.encode
+        return encode
     try:
         chunks_of = make_c_encoder(
             None,  # markers: no circular-reference bookkeeping
@@ -143,16 +153,11 @@ def _make_json_encoder() -> Callable[[Any], str]:
             False,  # allow_nan
         )
     except TypeError:
-        return encoder.encode
-    join = "".join
-
-    def encode(obj: Any) -> str:
-        return join(chunks_of(obj, 0))
-
-    return encode
+        return encode
+    return chunks_of  # type: ignore[no-any-return]
 
 
-_encode_json = _make_json_encoder()
+_json_chunks = _make_json_encoder()
 # JSON text of a str, quotes included: what the encoder above writes for a str.
 _json_str: Callable[[str], str] = json.encoder.encode_basestring
 
@@ -980,7 +985,7 @@ class CloudEventV1:
             encoded = base64.b64encode(data).decode("ascii")
             return f'{self._json_head},"data_base64":"{encoded}"}}'.encode()
         try:
-            return f'{self._json_head},"data":{_encode_json(data)}}}'.encode()
+            return f'{self._json_head},"data":{"".join(_json_chunks(data, 0))}}}'.encode()
         except RecursionError:
             # The data passed its checks: the caller's stack is what is nearly full.
             raise InvalidEventError("data", _NO_STACK_LEFT_PROBLEM) from None

@@ -1189,3 +1189,25 @@ def test_reading_time_fast_and_long_ways_agree_and_write_what_format_writes(text
         return (moment, moment.tzinfo, written)
 
     assert outcome(fast=True) == outcome(fast=False)
+
+
+_real_c_make_encoder = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+
+
+def _c_encoder_of_another_signature(markers: Any, *args: Any) -> Any:
+    if markers is None:  # how the event model builds it; json itself passes a dict
+        raise TypeError("unexpected signature")
+    return _real_c_make_encoder(markers, *args)
+
+
+@pytest.mark.parametrize("c_encoder", [None, _c_encoder_of_another_signature])
+def test_without_the_c_encoder_data_is_written_the_same(
+    c_encoder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = {"é": [1, 2.5, None, True, 'x"\\\n'], "n": {"deep": []}}
+    fast = "".join(event_module._json_chunks(data, 0))
+    monkeypatch.setattr(json.encoder, "c_make_encoder", c_encoder)
+    fallback = event_module._make_json_encoder()
+    assert "".join(fallback(data, 0)) == fast
+    with pytest.raises(ValueError):
+        "".join(fallback(math.nan, 0))
