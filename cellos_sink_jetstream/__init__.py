@@ -46,10 +46,12 @@ from ._errors import (
     StreamMismatchError,
 )
 from ._event import CloudEventV1
+from ._noop_sink import NoopEventSink
 from ._otel import instrument
 from ._retry import with_retry
 from ._seam import DeadlineClock, PubAck, Publisher
-from ._sink import EventSink, JetStreamEventSink, NoopEventSink, SinkStats
+from ._sink import JetStreamEventSink
+from ._sink_protocol import EventSink, SinkStats
 from ._spool import DEFAULT_SPOOL_MAX_BYTES, DeadLetter, SpoolingEventSink, SpoolStats
 from ._subject import TENANT_ID_DEFAULT_TOKEN, TENANT_ID_PLACEHOLDER, resolve_tenant_subject
 from ._version import __version__

@@ -20,7 +20,9 @@ from ._config import (
     env_positive_int,
 )
 from ._errors import ConnectError
-from ._sink import EventSink, JetStreamEventSink, NoopEventSink, TransitionCallback
+from ._noop_sink import NoopEventSink
+from ._sink import JetStreamEventSink, TransitionCallback
+from ._sink_protocol import EventSink
 from ._spool import DEFAULT_SPOOL_MAX_BYTES, SpoolingEventSink
 from ._visible import warn_visibly
 

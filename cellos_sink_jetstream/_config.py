@@ -1,4 +1,4 @@
-"""Environment variables, their parsing, and URLs made safe to show.
+"""Environment variables, their parsing, URLs made safe to show, and option checks.
 
 Precedence everywhere: an explicit argument wins, then the environment variable, then the
 default. A bad value fails at construction with the variable's name in the message, never
@@ -11,7 +11,7 @@ import os
 import re
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import ConfigError
@@ -24,6 +24,8 @@ __all__ = [
     "ENV_SPOOL_DIR",
     "ENV_SPOOL_MAX_BYTES",
     "ENV_USE_NOOP_SINK",
+    "STREAM_NAME_RE",
+    "check_positive",
     "env_flag",
     "env_positive_int",
     "redact_url",
@@ -272,3 +274,17 @@ def root_ca_context(ca_path: str, origin: str) -> ssl.SSLContext:
 def tls_required(servers: Sequence[str], tls: Optional[ssl.SSLContext]) -> bool:
     """Whether every connection must be encrypted before credentials are sent."""
     return tls is not None or any(s.startswith("tls://") for s in servers)
+
+
+# JetStream's rule for stream names: printable ASCII without whitespace, ".", "*", ">",
+# or path separators. The CLI checks its --stream with it too.
+STREAM_NAME_RE = re.compile(r"(?:(?![.*>/\\])[!-~])+")
+
+
+def check_positive(name: str, value: object, kind: type = float) -> Any:
+    """Return ``value`` if it is a number of ``kind`` above zero; else raise ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise ConfigError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+    return value

@@ -24,9 +24,10 @@ from ._errors import (
     SinkClosedError,
 )
 from ._event import CloudEventV1
-from ._runner import SendOrder
+from ._requests import SendOrder
 from ._seam import PubAck
-from ._sink import EventSink, JetStreamEventSink
+from ._sink import JetStreamEventSink
+from ._sink_protocol import EventSink
 from ._spool_store import SpooledEvent, SpoolStore
 
 __all__ = ["Replayer", "ReplayStopped", "describe_refusal", "is_permanent_refusal"]

@@ -22,31 +22,28 @@ from typing import Any, Callable, Optional, TypeVar
 
 import janus
 
-from ._breaker import Permit, backoff_delay
-from ._errors import (
-    BackpressureError,
-    ConnectError,
-    PublishError,
-    PublishTimeoutError,
-    SinkClosedError,
-    SinkError,
-)
-from ._lean_future import make_future
+from ._breaker import backoff_delay
+from ._errors import BackpressureError, ConnectError, SinkClosedError
+from ._requests import OutcomeHook, PublishRequest
 from ._retry import DEFAULT_RETRY_BASE_DELAY, retry_async
 from ._seam import DeadlineClock, PipelinedPublisher, PubAck
+from ._send_errors import (
+    ack_timeout,
+    as_sink_error,
+    behind_an_unsent_one,
+    closed_after_send,
+    internal_error,
+    is_transient,
+    queued_past_deadline,
+)
 from ._timeouts import MAX_TIMEOUT_SECONDS
 
-__all__ = ["BlockingRequest", "FutureRequest", "LoopRunner", "PublishRequest"]
+__all__ = ["LoopRunner", "PublisherFactory"]
 
 logger = logging.getLogger("cellos_sink_jetstream")
 
 PublisherFactory = Callable[[], Awaitable[PipelinedPublisher]]
 _T = TypeVar("_T")
-
-
-#: Told the outcome of a request just before its caller can see it: ``(request, ack, None)``,
-#: ``(request, None, error)``, or ``(request, None, None)`` when the caller gave up on it.
-OutcomeHook = Callable[["PublishRequest", Optional[PubAck], Optional[BaseException]], None]
 
 
 class _Drain(enum.Enum):
@@ -71,158 +68,6 @@ _IDLE = _Drain.IDLE
 _RUNNING = _Drain.RUNNING
 _WAITING_FOR_ROOM = _Drain.WAITING_FOR_ROOM
 _HELD = _Drain.HELD
-
-
-class SendOrder:
-    """Requests that must reach the connection as a prefix of their queue order.
-
-    Once one of them is not sent (it waited in the queue past its deadline, its caller
-    cancelled it, its write failed for good), none queued after it is sent either. The
-    spool's replay pipelines a window of events and sends an unsent one again on its next
-    pass: had those behind it been sent meanwhile, JetStream would store it after them.
-    Only the loop thread reads or writes it.
-    """
-
-    __slots__ = ("broken",)
-
-    def __init__(self) -> None:
-        self.broken = False
-
-
-class PublishRequest:
-    """One message to publish; subclasses decide how its outcome reaches the caller."""
-
-    __slots__ = (
-        "ack_token",
-        "attempts",
-        "deadline",
-        "deadline_slot",
-        "headers",
-        "holds_slot",
-        "order",
-        "payload",
-        "permit",
-        "seq",
-        "settled",
-        "subject",
-    )
-
-    def __init__(
-        self,
-        subject: str,
-        payload: bytes,
-        headers: Mapping[str, str],
-        deadline: float,
-        permit: Permit,
-    ) -> None:
-        self.subject = subject
-        self.payload = payload
-        self.headers = headers
-        #: ``time.monotonic()`` after which the outcome no longer matters to the caller.
-        self.deadline = deadline
-        #: The breaker's permit for this publish, handed back to the outcome hook.
-        self.permit = permit
-        # The publisher's token for the ack awaited, and the sends made so far.
-        self.ack_token = 0
-        self.attempts = 0
-        # The deadline's slot on the loop's clock (see LoopRunner._watch_deadline).
-        self.deadline_slot = 0
-        # Set by the runner when the outcome is handed over: a second verdict (a late ack
-        # after a failure that was not foreseen) must not reach the caller or the counts.
-        self.settled = False
-        # Its place in the queue's order, given by the loop when it takes the request.
-        self.seq = -1
-        # Whether it counts against max_in_flight (from its send until its outcome, or
-        # until it outlived the slot timeout).
-        self.holds_slot = False
-        #: Set for requests that must be sent as a prefix of their queue order (replay).
-        self.order: Optional[SendOrder] = None
-
-    def claim(self) -> bool:
-        """Called once, just before sending: ``False`` when the caller already gave up."""
-        return True
-
-    def resolve(self, ack: Optional[PubAck], error: Optional[BaseException]) -> None:
-        """Hand the outcome to the caller; the runner calls this exactly once."""
-        raise NotImplementedError
-
-
-class FutureRequest(PublishRequest):
-    """A request whose outcome lands in a ``concurrent.futures.Future``."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # as PublishRequest
-        super().__init__(*args, **kwargs)
-        self.future: concurrent.futures.Future[PubAck] = make_future()
-
-    def claim(self) -> bool:
-        return self.future.set_running_or_notify_cancel()
-
-    def resolve(self, ack: Optional[PubAck], error: Optional[BaseException]) -> None:
-        future = self.future
-        # A caller that gave up may have cancelled the future while it was still queued.
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            if error is not None:
-                future.set_exception(error)
-            elif ack is not None:
-                future.set_result(ack)
-
-
-class BlockingRequest(PublishRequest):
-    """A request whose caller blocks in :meth:`wait`.
-
-    A bare lock, released when the outcome is in, costs a fraction of a
-    ``concurrent.futures.Future`` (a condition, a reentrant lock, two lists), and
-    leaves nothing for the garbage collector to trace.
-    """
-
-    __slots__ = ("_ack", "_done", "_error", "_unclaimed", "given_up_unsent")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # as PublishRequest
-        super().__init__(*args, **kwargs)
-        self._done = threading.Lock()
-        self._done.acquire()
-        # One token, popped by whoever comes first: the loop about to send, or the caller
-        # giving up. list.pop() is atomic, so exactly one of them wins, without a lock.
-        self._unclaimed = [True]
-        #: Set when the caller gave up before the loop took the request: never sent.
-        self.given_up_unsent = False
-        self._ack: Optional[PubAck] = None
-        self._error: Optional[BaseException] = None
-
-    def claim(self) -> bool:
-        try:
-            return self._unclaimed.pop()
-        except IndexError:
-            return False
-
-    def resolve(self, ack: Optional[PubAck], error: Optional[BaseException]) -> None:
-        self._ack, self._error = ack, error
-        self._done.release()
-
-    def wait(self, timeout: float, grace: float = 0.0) -> bool:
-        """Block until the outcome is in; ``False`` if it is not (then it is abandoned).
-
-        After ``timeout`` a request still queued is given up at once: it is never sent
-        (:attr:`given_up_unsent`). One already sent gets ``grace`` more seconds for the
-        loop to report its outcome (its deadline timer fires on a 50 ms slot).
-        """
-        if self._done.acquire(timeout=timeout):
-            return True
-        try:
-            self.given_up_unsent = self._unclaimed.pop()
-        except IndexError:  # sent, or being sent: its outcome is on the way
-            return self._done.acquire(timeout=grace)
-        return False
-
-    def outcome(self) -> PubAck:
-        """The ack, once :meth:`wait` returned ``True``; raises the publish error instead."""
-        if self._error is not None:
-            raise self._error
-        if self._ack is None:
-            raise SinkClosedError("the publish was given up before it was sent")
-        return self._ack
 
 
 class LoopRunner:
@@ -623,7 +468,7 @@ class LoopRunner:
 
     def _fail_unexpectedly(self, request: PublishRequest, exc: BaseException) -> None:
         # Before it counted as in flight (_dispatch finishes those itself).
-        self._settle(request, error=_internal_error(exc))
+        self._settle(request, error=internal_error(exc))
 
     def _flush_scheduled_writes(self) -> None:
         self._flush_scheduled = False
@@ -640,7 +485,7 @@ class LoopRunner:
             return True
         order = request.order
         if order is not None and order.broken:
-            self._settle(request, error=_behind_an_unsent_one())
+            self._settle(request, error=behind_an_unsent_one())
             return True
         self._in_flight += 1
         request.holds_slot = True
@@ -648,14 +493,14 @@ class LoopRunner:
             return self._send(request)
         except Exception as exc:  # a bug must cost one event, never the loop
             logger.exception("sending an event failed unexpectedly; the loop goes on")
-            self._finish(request, error=_internal_error(exc))
+            self._finish(request, error=internal_error(exc))
             return True
 
     def _send(self, request: PublishRequest) -> bool:
         timeout = request.deadline - time.monotonic()
         if timeout <= 0:
             _break_order(request)
-            self._finish(request, error=_queued_past_deadline())
+            self._finish(request, error=queued_past_deadline())
             return True
         slot_timeout = self._slot_timeout
         if slot_timeout is not None and timeout > slot_timeout:
@@ -671,10 +516,10 @@ class LoopRunner:
         try:
             token = send_now(request.subject, request.payload, request.headers, request)
         except Exception as error:
-            if self._writes_failing or self._retry_attempts < 2 or not _is_transient(error):
-                self._writes_failing = _is_transient(error)
+            if self._writes_failing or self._retry_attempts < 2 or not is_transient(error):
+                self._writes_failing = is_transient(error)
                 _break_order(request)
-                self._finish(request, error=_as_sink_error(error))
+                self._finish(request, error=as_sink_error(error))
                 return True
             self._drain_state = _HELD
             self._spawn(self._retry_send(request))
@@ -697,7 +542,7 @@ class LoopRunner:
             token = await retry_async(
                 self._retry_attempts - 1,
                 send,
-                retry_if=_is_transient,
+                retry_if=is_transient,
                 first_delay=True,
                 deadline=request.deadline,
             )
@@ -705,9 +550,9 @@ class LoopRunner:
             self._finish(request, error=SinkClosedError("the sink closed before sending"))
             raise
         except Exception as exc:
-            self._writes_failing = _is_transient(exc)
+            self._writes_failing = is_transient(exc)
             _break_order(request)
-            self._finish(request, error=_as_sink_error(exc))
+            self._finish(request, error=as_sink_error(exc))
         else:
             self._writes_failing = False
             request.ack_token = token
@@ -734,7 +579,7 @@ class LoopRunner:
     def _expire_slot(self, slot: int) -> None:
         for request in self._deadline_slots.pop(slot, ()):
             self._forget(request.ack_token)
-            self._finish(request, error=_ack_timeout())
+            self._finish(request, error=ack_timeout())
 
     def _on_ack(
         self, request: PublishRequest, ack: Optional[PubAck], error: Optional[BaseException]
@@ -751,25 +596,25 @@ class LoopRunner:
             self._after_failure(request, error)
 
     def _after_failure(self, request: PublishRequest, error: BaseException) -> None:
-        if request.attempts < self._retry_attempts and _is_transient(error) and not self._stopping:
+        if request.attempts < self._retry_attempts and is_transient(error) and not self._stopping:
             self._spawn(self._resend(request, error))
         else:
-            self._finish(request, error=_as_sink_error(error))
+            self._finish(request, error=as_sink_error(error))
 
     async def _resend(self, request: PublishRequest, error: BaseException) -> None:
         """Send again after a transient failure the ack reported, within the deadline."""
         delay = backoff_delay(request.attempts - 1, _RETRY_BASE_DELAY, _RETRY_CAP)
         if time.monotonic() + delay >= request.deadline:
-            self._finish(request, error=_as_sink_error(error))
+            self._finish(request, error=as_sink_error(error))
             return
         try:
             await asyncio.sleep(delay)
         except asyncio.CancelledError:
             # Cancelled by close(): an earlier attempt may have been stored.
-            self._finish(request, error=_closed_after_send())
+            self._finish(request, error=closed_after_send())
             raise
         if self._stopping:
-            self._finish(request, error=_closed_after_send())
+            self._finish(request, error=closed_after_send())
             return
         request.attempts += 1
         try:
@@ -869,7 +714,7 @@ class LoopRunner:
         for watched in slots.values():
             for request in watched:
                 self._forget(request.ack_token)
-                self._finish(request, error=_closed_after_send())
+                self._finish(request, error=closed_after_send())
 
 
 def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
@@ -897,49 +742,10 @@ _RETRY_CAP = 1.0
 _THREAD_EXIT_MARGIN = 0.1
 
 
-# Errors are made afresh for each request: one exception object raised in many threads
-# would grow a traceback that chains all of them.
-def _queued_past_deadline() -> BackpressureError:
-    return BackpressureError(
-        "the event waited in the sink's queue past its deadline and was not sent; "
-        "NATS is slower than the producers"
-    )
-
-
-def _behind_an_unsent_one() -> BackpressureError:
-    return BackpressureError(
-        "an event queued before this one was not sent, so this one was not sent either "
-        "(sending it would have put it ahead of the earlier one); send both again"
-    )
-
-
 def _break_order(request: PublishRequest) -> None:
     # The request is not sent: nothing of its ordered group queued behind it may be.
     if request.order is not None:
         request.order.broken = True
-
-
-def _closed_after_send() -> PublishTimeoutError:
-    # Written to the connection (or handed to the publisher): a server that was only slow
-    # may still store it, so "not stored" (SinkClosedError) would be a lie.
-    return PublishTimeoutError(
-        "the sink closed before JetStream acknowledged the event; it may still be stored, "
-        "re-emit it (same id) to be sure"
-    )
-
-
-def _ack_timeout() -> PublishTimeoutError:
-    return PublishTimeoutError(
-        "no JetStream ack within the publish timeout; the event may still be stored, "
-        "re-emit it (same id) to be sure"
-    )
-
-
-def _internal_error(exc: BaseException) -> SinkError:
-    return SinkError(
-        f"the sink failed internally ({type(exc).__name__}) while sending the event; it may "
-        f"have been stored: re-emit it (same id) to be sure"
-    )
 
 
 def _sane_deadline(deadline: float) -> float:
@@ -963,29 +769,3 @@ def _forget_nothing(token: int) -> None:
 
 def _flush_nothing() -> None:
     """Nothing was sent before the publisher connected."""
-
-
-def _as_sink_error(error: BaseException) -> BaseException:
-    if isinstance(error, SinkError):
-        return error
-    logger.warning("publishing failed unexpectedly; the event was not sent", exc_info=error)
-    kind = type(error)
-    # A nats-py class name means nothing to the caller; a publisher's own error might.
-    what = "an error in the NATS client" if kind.__module__.startswith("nats") else kind.__name__
-    return PublishError(
-        f"publishing failed unexpectedly ({what}, logged by 'cellos_sink_jetstream'); the "
-        f"event was not sent, re-emit it"
-    )
-
-
-def _is_transient(exc: BaseException) -> bool:
-    # Fast failures worth another quick try: the connection blipped, or JetStream was not
-    # ready yet after a restart. Never retried: an unknown outcome (the first attempt may
-    # have been stored), the caller's own errors, and JetStream's refusals of the message
-    # itself (MessageRejectedError and any other permanent one, StreamMismatchError
-    # included), which get the same answer every time.
-    return (
-        isinstance(exc, PublishError)
-        and not exc.permanent
-        and not isinstance(exc, PublishTimeoutError)
-    )

@@ -1,34 +1,33 @@
-"""The sinks: the blocking facade over the background runner.
+"""The JetStream sink: :class:`JetStreamEventSink`, the blocking facade over the runner.
 
-:class:`EventSink` is the protocol, :class:`NoopEventSink` the fallback and
-:class:`JetStreamEventSink` the real thing.
+Its protocol and stats are in ``_sink_protocol.py``, the no-op fallback in
+``_noop_sink.py``, and what happens to it at exit, after a fork or when dropped in
+``_sink_lifetime.py``.
 """
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
-import contextlib
 import functools
 import logging
-import math
 import os
-import re
 import ssl
 import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar, Union
 
-from typing_extensions import ParamSpec, Protocol, Self, runtime_checkable
+from typing_extensions import Self
 
 from ._binary_mode import CONTENT_MODES, BinaryEncoder
 from ._breaker import BreakerState, CircuitBreaker, Connected, Permit
 from ._config import (
+    STREAM_NAME_RE,
     ca_file_from,
+    check_positive,
     redact_url,
     resolve_servers,
     root_ca_context,
@@ -47,7 +46,7 @@ from ._errors import (
     SinkClosedError,
     format_seconds,
 )
-from ._event import CONTENT_TYPE, CloudEventV1, SdkEvent, coerce_event
+from ._event import CONTENT_TYPE, CloudEventV1, coerce_event
 from ._headers import (
     HEADER_CONTENT_TYPE,
     HEADER_EXPECTED_STREAM,
@@ -56,25 +55,31 @@ from ._headers import (
     HeaderTemplate,
 )
 from ._publisher import ConnectOptions, NatsPublisher
-from ._runner import BlockingRequest, FutureRequest, LoopRunner, PublishRequest, SendOrder
+from ._requests import BlockingRequest, FutureRequest, PublishRequest, SendOrder
+from ._runner import LoopRunner
 from ._seam import DeadlineClock, PipelinedPublisher, PubAck, Publisher, PublisherAdapter
+from ._sink_lifetime import (
+    ABANDONED_RUNNERS,
+    EXIT_WAIT_SLICE_SECONDS,
+    LIVE_SINKS,
+    THREAD_NAME,
+    close_unreferenced,
+    weakly,
+)
+from ._sink_protocol import EventLike, SinkStats
 from ._subject import (
     TENANT_ID_PLACEHOLDER,
     resolve_tenant_subject,
     subject_for_tenant,
     validate_subject_template,
 )
-from ._timeouts import check_optional_timeout, check_timeout
+from ._timeouts import check_clock, check_deadline_clock, check_optional_timeout, check_timeout
 from ._trace import trace_stamper
 from ._visible import warn_visibly
 
-__all__ = ["EventLike", "EventSink", "JetStreamEventSink", "NoopEventSink", "SinkStats"]
+__all__ = ["JetStreamEventSink", "TransitionCallback"]
 
 logger = logging.getLogger("cellos_sink_jetstream")
-
-#: What ``emit`` accepts: a :class:`CloudEventV1`, a mapping in CloudEvents JSON form, or an
-#: event of the ``cloudevents`` SDK (matched structurally, so that SDK stays optional).
-EventLike = Union[CloudEventV1, Mapping[str, Any], SdkEvent]
 
 TransitionCallback = Callable[[BreakerState, BreakerState], None]
 
@@ -83,108 +88,6 @@ _Request = TypeVar("_Request", bound=PublishRequest)
 # A caller waits this much longer than the loop's own publish timeout, so the loop's
 # verdict (which the breaker needs) normally arrives before the caller gives up.
 _CALLER_GRACE_SECONDS = 0.25
-# JetStream's rule for stream names: printable ASCII without whitespace, ".", "*", ">",
-# or path separators. The CLI checks its --stream with it too.
-STREAM_NAME_RE = re.compile(r"(?:(?![.*>/\\])[!-~])+")
-
-
-@runtime_checkable
-class EventSink(Protocol):
-    """Anything that takes CloudEvents: the JetStream sink, the no-op sink, wrappers."""
-
-    def emit(self, event: CloudEventV1) -> None:
-        """Deliver ``event`` or raise."""
-        ...
-
-    def close(self) -> None:
-        """Release resources; further ``emit`` calls fail."""
-        ...
-
-
-class NoopEventSink:
-    """The fallback sink: accepts every event and drops it, counting what it dropped.
-
-    The supervisor degrades to it when JetStream is unreachable at startup (unless
-    ``CELL_OS_REQUIRE_JETSTREAM`` is set) or when ``CELL_OS_USE_NOOP_SINK`` asks for it;
-    :attr:`reason` says which, and :meth:`stats` how many events went nowhere.
-    """
-
-    def __init__(self, *, reason: str = "created directly") -> None:
-        """Create a no-op sink; ``reason`` says why it is used (shown, so never a secret)."""
-        self._reason = reason
-        self._dropped = 0
-        self._lock = threading.Lock()
-
-    @property
-    def reason(self) -> str:
-        """Why this sink was chosen (the env opt-in, or the redacted connect error)."""
-        return self._reason
-
-    def emit(self, event: CloudEventV1) -> None:
-        """Drop ``event`` (counted in :meth:`stats` as ``dropped``)."""
-        with self._lock:
-            self._dropped += 1
-
-    def stats(self) -> SinkStats:
-        """The same counters as :meth:`JetStreamEventSink.stats`: every emit is ``dropped``."""
-        with self._lock:
-            dropped = self._dropped
-        return SinkStats(
-            published=0,
-            duplicates=0,
-            failed=0,
-            fast_failed=0,
-            probes=0,
-            breaker_openings=0,
-            in_flight=0,
-            queue_depth=0,
-            dropped=dropped,
-        )
-
-    def close(self) -> None:
-        """Do nothing."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"NoopEventSink(reason={self._reason!r})"
-
-
-@dataclass(frozen=True)
-class SinkStats:
-    """Counters of one sink since it was created (a snapshot).
-
-    Attributes:
-        published: Events JetStream acknowledged (duplicates included).
-        duplicates: Acknowledged events JetStream had already stored (same ``id``).
-        failed: Events that were sent or queued but not acknowledged.
-        fast_failed: Emits refused by the open circuit without touching the queue.
-        probes: Probe publishes made while the circuit was open.
-        breaker_openings: Times the circuit went from ``Connected`` to ``Reconnecting``.
-        in_flight: Events queued or awaiting their ack right now.
-        queue_depth: Events waiting in the queue right now.
-        dropped: Events accepted and thrown away (only :class:`NoopEventSink` drops).
-        failed_by_cause: ``failed`` split by cause: ``connection_down``, ``no_stream``,
-            ``jetstream_unavailable``, ``timeout`` (the :class:`FailureCause` values),
-            ``stream_mismatch``, ``rejected`` (refused for good), ``backpressure``,
-            ``closed``, ``abandoned`` (the caller gave up while the event was queued),
-            ``payload_too_large``; only causes seen.
-    """
-
-    published: int
-    duplicates: int
-    failed: int
-    fast_failed: int
-    probes: int
-    breaker_openings: int
-    in_flight: int
-    queue_depth: int
-    dropped: int = 0
-    failed_by_cause: Mapping[str, int] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -197,46 +100,6 @@ class _Settings:
     max_queue: int
     retry_attempts: int
     exit_timeout: float
-
-
-def _positive(name: str, value: object, kind: type = float) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise ConfigError(f"{name} must be a positive {kind.__name__}, got {value!r}")
-    if value <= 0:
-        raise ConfigError(f"{name} must be > 0, got {value!r}")
-    return value
-
-
-def _check_clock(clock: Optional[Callable[[], float]], name: str = "clock") -> None:
-    # A clock that cannot be read would fail on the loop thread, where the breaker reads
-    # it: ask it once here, while the caller can still hear about it.
-    if clock is None:
-        return
-    try:
-        now = clock() if callable(clock) else None
-    except Exception as exc:
-        raise ConfigError(f"{name}() raised {type(exc).__name__}: {exc}") from None
-    if isinstance(now, bool) or not (isinstance(now, int) or _finite_float(now)):
-        raise ConfigError(
-            f"{name} must be a callable returning finite seconds (like time.monotonic), "
-            f"got {clock!r} returning {now!r}"
-        )
-
-
-def _check_deadline_clock(deadline_clock: Optional[DeadlineClock]) -> None:
-    # As _check_clock: the runner would only find out on its loop thread, at a send.
-    if deadline_clock is None:
-        return
-    if not callable(getattr(deadline_clock, "call_at", None)):
-        raise ConfigError(
-            f"deadline_clock must have time() and call_at(when, callback, *args), as an "
-            f"asyncio event loop has; got {deadline_clock!r}"
-        )
-    _check_clock(getattr(deadline_clock, "time", None), "deadline_clock.time")
-
-
-def _finite_float(value: object) -> bool:
-    return isinstance(value, float) and math.isfinite(value)
 
 
 class JetStreamEventSink:
@@ -278,8 +141,8 @@ class JetStreamEventSink:
             raise ConfigError(
                 f"on_transition must be a callable(old_state, new_state), got {on_transition!r}"
             )
-        _check_clock(clock)
-        _check_deadline_clock(deadline_clock)
+        check_clock(clock)
+        check_deadline_clock(deadline_clock)
         if content_mode not in CONTENT_MODES:
             raise ConfigError(
                 f"content_mode must be 'structured' or 'binary', got {content_mode!r}"
@@ -296,9 +159,9 @@ class JetStreamEventSink:
             stream=stream,
             publish_timeout=check_timeout("publish_timeout", publish_timeout),
             connect_timeout=check_timeout("connect_timeout", connect_timeout),
-            max_in_flight=_positive("max_in_flight", max_in_flight, int),
-            max_queue=_positive("max_queue", max_queue, int),
-            retry_attempts=_positive("retry_attempts", retry_attempts, int),
+            max_in_flight=check_positive("max_in_flight", max_in_flight, int),
+            max_queue=check_positive("max_queue", max_queue, int),
+            retry_attempts=check_positive("retry_attempts", retry_attempts, int),
             exit_timeout=check_timeout("exit_timeout", exit_timeout),
         )
         self._connect = connect
@@ -331,7 +194,7 @@ class JetStreamEventSink:
         self._published = self._duplicates = self._failed = 0
         self._failed_by_cause: dict[str, int] = {}
         self._probes = self._openings = 0
-        _LIVE_SINKS.add(self)
+        LIVE_SINKS.add(self)
 
     # -- constructors --------------------------------------------------------------------
 
@@ -406,7 +269,7 @@ class JetStreamEventSink:
         name = str(name)
 
         # The loop thread runs this: it holds the sink only weakly, or a sink dropped
-        # without close() would never be collected (see _close_unreferenced).
+        # without close() would never be collected (see close_unreferenced).
         settings_of_sink: list[_Settings] = []
 
         async def connect_publisher() -> PipelinedPublisher:
@@ -441,7 +304,7 @@ class JetStreamEventSink:
             content_mode=content_mode,
         )
         settings_of_sink.append(sink._settings)
-        restored = _weakly(sink._connection_restored)
+        restored = weakly(sink._connection_restored)
         if wait:
             sink._start_runner()
         else:
@@ -930,7 +793,7 @@ class JetStreamEventSink:
             max_in_flight=settings.max_in_flight,
             max_queue=settings.max_queue,
             retry_attempts=settings.retry_attempts,
-            on_outcome=_weakly(self._on_outcome),
+            on_outcome=weakly(self._on_outcome),
             # A publish(timeout=60) must not hold one of the max_in_flight slots (and the
             # queue behind it) for longer than any other publish would.
             slot_timeout=settings.publish_timeout,
@@ -941,7 +804,7 @@ class JetStreamEventSink:
         if self._finalizer is not None:
             self._finalizer.detach()
         self._finalizer = weakref.finalize(
-            self, _close_unreferenced, runner, self._display_url, settings.publish_timeout
+            self, close_unreferenced, runner, self._display_url, settings.publish_timeout
         )
         self._finalizer.atexit = False
         return runner
@@ -951,7 +814,7 @@ class JetStreamEventSink:
         permit = self._breaker.open_for_connect()
         runner = self._make_runner()
         self._runner = runner
-        runner.start_in_background(functools.partial(_weakly(self._first_connect), permit))
+        runner.start_in_background(functools.partial(weakly(self._first_connect), permit))
 
     def _first_connect(self, permit: Permit) -> None:
         self._breaker.record_success(permit)
@@ -971,7 +834,7 @@ class JetStreamEventSink:
         # starts its own. Keep the parent's runner referenced so its finalizers never run
         # against a loop and locks that belong to a thread this process does not have.
         if self._runner is not None:
-            _ABANDONED_RUNNERS.append(self._runner)
+            ABANDONED_RUNNERS.append(self._runner)
             self._runner = None
             self._forget_runner()
         # Locks held by other parent threads at fork time would stay locked forever here.
@@ -1006,7 +869,7 @@ class JetStreamEventSink:
                 threading.Thread(
                     target=self._close_runner,
                     args=(runner, timeout, deadline),
-                    name=f"{_THREAD_NAME}-close",
+                    name=f"{THREAD_NAME}-close",
                     daemon=True,
                 ).start()
             return
@@ -1029,7 +892,7 @@ class JetStreamEventSink:
             )
         if not runner.stop(max(0.0, deadline - time.monotonic())):
             logger.warning("the sink's background thread did not stop within %gs", timeout)
-        _LIVE_SINKS.discard(self)
+        LIVE_SINKS.discard(self)
 
     def _close_at_exit(self) -> None:
         # The atexit flush of a sink the program never closed: bounded by exit_timeout,
@@ -1050,11 +913,11 @@ class JetStreamEventSink:
             # Waited in short slices: a Ctrl-C that the kernel hands to another thread
             # reaches Python's handler, on the main thread, only when a wait returns.
             while not runner.wait_settled(
-                min(_EXIT_WAIT_SLICE_SECONDS, max(0.0, deadline - time.monotonic()))
+                min(EXIT_WAIT_SLICE_SECONDS, max(0.0, deadline - time.monotonic()))
             ):
                 if time.monotonic() >= deadline:
                     break
-        self.close(max(_EXIT_WAIT_SLICE_SECONDS / 100, deadline - time.monotonic()))
+        self.close(max(EXIT_WAIT_SLICE_SECONDS / 100, deadline - time.monotonic()))
 
     def _abandon_at_exit(self) -> None:
         # Ctrl-C during the exit flush: stop waiting, leave the rest to the daemon thread.
@@ -1098,53 +961,6 @@ def _refuse_reentrant_call(runner: LoopRunner, call: str) -> None:
         )
 
 
-_P = ParamSpec("_P")
-
-
-def _weakly(method: Callable[_P, None]) -> Callable[_P, None]:
-    """``method`` (bound) as a callback that holds its object weakly: a no-op once it is gone.
-
-    What the loop thread calls back into the sink goes through this, so that the loop
-    never keeps a sink alive that its owner dropped.
-    """
-    ref = weakref.WeakMethod(method)
-
-    def call(*args: _P.args, **kwargs: _P.kwargs) -> None:
-        bound = ref()
-        if bound is not None:
-            bound(*args, **kwargs)
-
-    return call
-
-
-def _close_unreferenced(runner: LoopRunner, display_url: str, timeout: float) -> None:
-    # A weakref.finalize callback: it may run on any thread, the loop's own included, in
-    # the middle of whatever triggered the collection; so it only starts the closing.
-    logger.warning(
-        "a JetStreamEventSink for %s was garbage-collected without close(); closing it "
-        "(events in flight get their outcome). Call close() or use it in a with block.",
-        display_url,
-    )
-    try:
-        threading.Thread(
-            target=_close_runner_of_unreferenced,
-            args=(runner, timeout),
-            name=f"{_THREAD_NAME}-close",
-            daemon=True,
-        ).start()
-    except RuntimeError:  # the interpreter is shutting down: no new threads
-        runner.stop(0.0)
-
-
-def _close_runner_of_unreferenced(runner: LoopRunner, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    runner.wait_settled(max(0.0, timeout - min(0.5, timeout / 2)))
-    runner.stop(max(0.0, deadline - time.monotonic()))
-
-
-_THREAD_NAME = "cellos-sink-jetstream"
-
-
 class _Encoded:
     """An event serialised before (by the spool): what ``_submit`` sends as it is."""
 
@@ -1154,38 +970,3 @@ class _Encoded:
         self.subject = subject
         self.payload = payload
         self.event_id = event_id
-
-
-#: Longest single wait of the exit flush (see _close_at_exit).
-_EXIT_WAIT_SLICE_SECONDS = 0.1
-
-_LIVE_SINKS: weakref.WeakSet[JetStreamEventSink] = weakref.WeakSet()
-# Kept alive after a fork so the child never runs their finalizers against a loop and
-# locks that belong to a thread which does not exist in the child.
-_ABANDONED_RUNNERS: list[LoopRunner] = []
-
-
-def _reinit_after_fork() -> None:
-    for sink in list(_LIVE_SINKS):
-        sink._after_fork_in_child()
-
-
-def _close_all_at_exit() -> None:
-    # Runs before the interpreter tears down daemon threads, so pending publishes get
-    # their outcome and no "Task was destroyed but it is pending" is printed. Each sink
-    # waits at most its exit_timeout; Ctrl-C (in the main thread, which runs this) ends
-    # the wait for all of them at once.
-    sinks = [sink for sink in list(_LIVE_SINKS) if not sink.closed]
-    try:
-        for sink in sinks:
-            sink._close_at_exit()
-    except KeyboardInterrupt:
-        with contextlib.suppress(KeyboardInterrupt):  # a third Ctrl-C: just go
-            for sink in sinks:
-                sink._abandon_at_exit()
-
-
-atexit.register(_close_all_at_exit)
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -38,7 +38,8 @@ from ._replay import (
     describe_refusal,
     is_permanent_refusal,
 )
-from ._sink import EventLike, EventSink, JetStreamEventSink, SinkStats
+from ._sink import JetStreamEventSink
+from ._sink_protocol import EventLike, EventSink, SinkStats
 from ._spool_store import DeadLetter, SpoolStore
 from ._subject import TENANT_ID_PLACEHOLDER, resolve_tenant_id
 from ._timeouts import check_optional_timeout, check_timeout

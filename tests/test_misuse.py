@@ -36,7 +36,8 @@ from cellos_sink_jetstream import (
     SinkError,
     SpoolingEventSink,
 )
-from cellos_sink_jetstream._runner import BlockingRequest, LoopRunner, PublishRequest
+from cellos_sink_jetstream._requests import BlockingRequest, PublishRequest
+from cellos_sink_jetstream._runner import LoopRunner
 from cellos_sink_jetstream._sink import _CALLER_GRACE_SECONDS
 from tests._nats import DUPLICATE_WINDOW, read_stream
 from tests._polling import wait_until
@@ -132,7 +133,7 @@ def test_none_means_the_default_or_no_limit(stream: StagedStream) -> None:
 def test_the_loop_drains_whatever_deadline_a_request_carries(stream: StagedStream) -> None:
     """Defence in depth: a request whose deadline is not a finite number (which the public
     API no longer lets through) still gets an outcome, and the loop keeps draining."""
-    from cellos_sink_jetstream._runner import FutureRequest
+    from cellos_sink_jetstream._requests import FutureRequest
 
     with JetStreamEventSink.connect(
         stream.url, stream.subject("deadline"), publish_timeout=2.0

@@ -31,7 +31,7 @@ from cellos_sink_jetstream import (
     ReentrantEmitError,
     SinkClosedError,
 )
-from cellos_sink_jetstream._runner import BlockingRequest
+from cellos_sink_jetstream._requests import BlockingRequest
 from tests._polling import wait_until
 from tests.fakes import FakeClock, GatedPublisher, InstantPublisher, SimplePublisher
 

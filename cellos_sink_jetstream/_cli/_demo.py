@@ -24,7 +24,8 @@ from .._event import CloudEventV1
 from .._retry import with_retry
 from .._seam import PubAck
 from .._server import NatsServer
-from .._sink import JetStreamEventSink, SinkStats
+from .._sink import JetStreamEventSink
+from .._sink_protocol import SinkStats
 from ._demo_events import (
     DEMO_SUBJECT_TEMPLATE,
     DEMO_TENANTS,

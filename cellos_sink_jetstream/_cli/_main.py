@@ -11,9 +11,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Optional
 
-from .._config import scrub
+from .._config import STREAM_NAME_RE, scrub
 from .._errors import ConfigError, ConnectError, InvalidSubjectError, SinkError
-from .._sink import STREAM_NAME_RE
 from ._exit_status import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
