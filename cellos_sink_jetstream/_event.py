@@ -7,7 +7,12 @@ C encoder and does no checking of its own beyond what :mod:`json` does anyway. `
 stays the caller's object and is encoded at each call, so a later change to it is written,
 or refused if it made the data unwritable.
 
-This module is pure: it knows nothing of NATS or asyncio.
+The rules it applies live in modules of their own: ``_event_text`` (CloudEvents String,
+``id``, previews of values for messages), ``_event_time`` (RFC 3339), ``_event_extensions``
+(names, values, the read-only mapping) and ``_event_data`` (JSON data and the encoder).
+This module re-exports their public names.
+
+These modules are pure: they know nothing of NATS or asyncio.
 """
 
 from __future__ import annotations
@@ -16,16 +21,47 @@ import base64
 import binascii
 import dataclasses
 import json
-import math
 import os
-import re
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol, Union
+from datetime import datetime, timezone
+from typing import Any, Protocol
 
 from cellos_sink_jetstream._errors import _WHOLE_EVENT, InvalidEventError
+from cellos_sink_jetstream._event_data import (
+    _NO_STACK_LEFT_PROBLEM,
+    MAX_DATA_DEPTH,
+    _check_data,
+    _json_chunks,
+    _json_str,
+)
+from cellos_sink_jetstream._event_extensions import (
+    _INT32_MAX,
+    _INT32_MIN,
+    _NO_EXTENSIONS,
+    _VALID_EXTENSION_NAMES,
+    CORE_ATTRIBUTES,
+    ExtensionValue,
+    _check_extensions,
+    _extension_names,
+    _extensions_json,
+    _items_of,
+    _ReadOnlyExtensions,
+    _shared_extensions,
+)
+from cellos_sink_jetstream._event_text import (
+    MAX_ID_LENGTH,
+    _check_id,
+    _check_string,
+    _preview,
+    _show,
+)
+from cellos_sink_jetstream._event_time import (
+    _normalise_time,
+    _read_rfc3339,
+    format_rfc3339,
+    parse_rfc3339,
+)
 
 __all__ = [
     "CONTENT_TYPE",
@@ -48,200 +84,10 @@ SPECVERSION = "1.0"
 #: Media type of the structured-mode JSON that :meth:`CloudEventV1.to_json` produces.
 CONTENT_TYPE = "application/cloudevents+json"
 
-#: Longest accepted ``id``. It travels in the ``Nats-Msg-Id`` header, which the server keeps
-#: in memory for the stream's whole duplicate window.
-MAX_ID_LENGTH = 1024
-
-#: Deepest nesting of lists/dicts accepted in ``data``; well below the interpreter's
-#: recursion limit so neither validation nor :mod:`json` can blow the stack.
-MAX_DATA_DEPTH = 200
-
-#: Attribute names of the CloudEvents 1.0 core (plus the two data members of the JSON
-#: format); an extension must not reuse any of them.
-CORE_ATTRIBUTES = frozenset(
-    {
-        "specversion",
-        "id",
-        "source",
-        "type",
-        "subject",
-        "time",
-        "datacontenttype",
-        "dataschema",
-        "data",
-        "data_base64",
-    }
-)
-
 #: Value of :attr:`InvalidEventError.attribute <cellos_sink_jetstream.InvalidEventError>`
 #: when the problem is the document as a whole (not JSON, not an object), not one attribute.
 #: The parentheses keep it from ever colliding with a real extension name.
 EVENT_ATTRIBUTE = _WHOLE_EVENT
-
-#: Type of an extension attribute value: CloudEvents String, Integer or Boolean.
-ExtensionValue = Union[str, int, bool]
-
-_EXTENSION_NAME_RE = re.compile(r"[a-z0-9]{1,20}")
-_INT32_MIN = -(2**31)
-_INT32_MAX = 2**31 - 1
-_NAIVE_TIME_PROBLEM = (
-    "is a naive datetime (no tzinfo); pass a timezone-aware one, e.g. datetime.now(timezone.utc)"
-)
-
-# CloudEvents "String" forbids C0/C1 controls, surrogates and noncharacters. The
-# noncharacters are U+FDD0..U+FDEF plus the last two code points of each of the 17 planes.
-_PLANE_END_NONCHARACTERS = "".join(
-    f"\\U{plane * 0x10000 + 0xFFFE:08x}\\U{plane * 0x10000 + 0xFFFF:08x}" for plane in range(17)
-)
-_DISALLOWED_CHAR_RE = re.compile(
-    "[\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff\\ufdd0-\\ufdef" + _PLANE_END_NONCHARACTERS + "]"
-)
-# A lone surrogate cannot be encoded as UTF-8, so one inside data would only fail later,
-# at serialisation time, far from the code that put it there.
-_SURROGATE_RE = re.compile("[\\ud800-\\udfff]")
-
-# Groups: second, fraction (with its dot), offset. The rest is at fixed places.
-_RFC3339_RE = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})",
-    re.ASCII,  # without it \d also matches non-ASCII digits, which int() accepts
-)
-
-
-# From 3.11, datetime.fromisoformat reads every RFC 3339 timestamp the regex accepts (but
-# lower-case "t"/"z"), truncating fractions to microseconds and giving zero offsets
-# timezone.utc, exactly as the hand-written reader does.
-_FROMISOFORMAT_READS_RFC3339 = sys.version_info >= (3, 11)
-_rfc3339_fullmatch = _RFC3339_RE.fullmatch
-_fromisoformat = datetime.fromisoformat
-
-
-_ZERO_OFFSETS = frozenset({"Z", "z", "+00:00", "-00:00"})
-
-
-def _make_json_encoder() -> Callable[[Any, int], Iterable[str]]:
-    """Build the function that writes a JSON value as compact JSON text, in chunks.
-
-    Called as ``"".join(chunks(value, 0))`` (the C encoder's own signature: the second
-    argument is the indent level), so that no Python frame is added per call.
-
-    ``json.dumps`` with non-default options builds a new ``JSONEncoder`` per call, and
-    ``JSONEncoder.encode`` builds a new C encoder per call; together that costs about a
-    quarter of the time of writing a typical event. So the C encoder is built once here.
-    It runs without circular-reference bookkeeping: a shared bookkeeping dict would not
-    be thread-safe, and construction already rejects circular data (a later mutation
-    still fails cleanly, with RecursionError). Where the C encoder is missing or has an
-    unexpected signature, the documented ``JSONEncoder.encode`` is used.
-    """
-    encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-    def encode(obj: Any, _indent_level: int) -> tuple[str]:
-        return (encoder.encode(obj),)
-
-    make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-    if make_c_encoder is None:
-        return encode
-    try:
-        chunks_of = make_c_encoder(
-            None,  # markers: no circular-reference bookkeeping
-            encoder.default,
-            json.encoder.encode_basestring,  # the non-ASCII-escaping variant
-            None,  # indent
-            encoder.key_separator,
-            encoder.item_separator,
-            False,  # sort_keys
-            False,  # skipkeys
-            False,  # allow_nan
-        )
-    except TypeError:
-        return encode
-    return chunks_of  # type: ignore[no-any-return]
-
-
-_json_chunks = _make_json_encoder()
-# JSON text of a str, quotes included: what the encoder above writes for a str.
-_json_str: Callable[[str], str] = json.encoder.encode_basestring
-
-
-def _preview(value: str, limit: int = 60) -> str:
-    """Return an ASCII-only, truncated rendering of ``value`` that is safe to log.
-
-    Shared by the event and subject error messages.
-    """
-    if len(value) <= limit:
-        return ascii(value)
-    return f"{value[:limit]!a}... ({len(value)} characters)"
-
-
-def _show(value: object, limit: int = 60) -> str:
-    """Like :func:`_preview`, for values of any type."""
-    if isinstance(value, str):
-        return _preview(value)
-    text = ascii(value)
-    return text if len(text) <= limit else f"{text[:limit]}..."
-
-
-def _describe_char(char: str) -> str:
-    code = ord(char)
-    if code <= 0x1F or 0x7F <= code <= 0x9F:
-        kind = "a control character"
-    elif 0xD800 <= code <= 0xDFFF:
-        kind = "a lone surrogate"
-    else:
-        kind = "a Unicode noncharacter"
-    return f"U+{code:04X} ({kind})"
-
-
-def _check_string_chars(attribute: str, value: str) -> None:
-    # isprintable() is exact for ASCII (it rejects 0x00-0x1F and 0x7F) and runs in C, so
-    # the common all-ASCII attribute never reaches the regex.
-    if value.isascii() and value.isprintable():
-        return
-    match = _DISALLOWED_CHAR_RE.search(value)
-    if match is not None:
-        raise InvalidEventError(
-            attribute,
-            f"contains {_describe_char(match.group())} at index {match.start()} of "
-            f"{_preview(value)}; CloudEvents strings must not contain control characters "
-            "(U+0000-U+001F, U+007F-U+009F, which includes CR, LF and tab), surrogates or "
-            "Unicode noncharacters: remove or escape it",
-        )
-
-
-def _check_string(attribute: str, value: object, *, required: bool) -> None:
-    if not isinstance(value, str):
-        raise InvalidEventError(attribute, f"must be a str, got {type(value).__name__}")
-    if not value:
-        hint = "give it a value" if required else "pass None to leave it out"
-        raise InvalidEventError(attribute, f"must not be empty; {hint}")
-    _check_string_chars(attribute, value)
-
-
-def _check_id(value: object) -> None:
-    _check_string("id", value, required=True)
-    assert isinstance(value, str)  # narrowed by _check_string
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidEventError(
-            "id",
-            f"is {len(value)} characters long, over the limit of {MAX_ID_LENGTH}; "
-            "use a short unique id such as a UUID",
-        )
-    # nats-py strips header values, so " x" and "x" would share one Nats-Msg-Id and
-    # JetStream would silently drop the second event as a duplicate.
-    if value != value.strip():
-        raise InvalidEventError(
-            "id",
-            f"{_preview(value)} has leading or trailing whitespace, which is stripped from "
-            "the Nats-Msg-Id header and would break deduplication; strip it first",
-        )
-
-
-def _int_shown(value: int) -> str:
-    # Writing an int longer than sys.get_int_max_str_digits() as text raises ValueError,
-    # so a long one is described by its size instead.
-    if value.bit_length() > 64:
-        digits = int(value.bit_length() * math.log10(2)) + 1
-        return f"{'-' if value < 0 else ''}<an int of about {digits} digits>"
-    return str(value)
 
 
 def _json_kind(value: object) -> str:
@@ -255,463 +101,6 @@ def _json_kind(value: object) -> str:
     if isinstance(value, str):
         return "a string"
     return "an array"
-
-
-def _check_extensions(extensions: object) -> dict[str, ExtensionValue]:
-    """Validate ``extensions`` and return a private copy of it."""
-    if type(extensions) is not dict and not isinstance(extensions, Mapping):
-        raise InvalidEventError(
-            "extensions", f"must be a mapping of name to value, got {type(extensions).__name__}"
-        )
-    checked: dict[str, ExtensionValue] = {}
-    for name, value in extensions.items():
-        if name not in _VALID_EXTENSION_NAMES:  # the same few names come back on every event
-            _check_extension_name(name)
-        if type(value) is str:
-            if not (value.isascii() and value.isprintable()):
-                _check_string_chars(name, value)
-        elif isinstance(value, bool):
-            pass
-        elif isinstance(value, int):
-            if not _INT32_MIN <= value <= _INT32_MAX:
-                raise InvalidEventError(
-                    name,
-                    f"integer {_int_shown(value)} is outside the CloudEvents Integer range "
-                    f"[{_INT32_MIN}, {_INT32_MAX}]; send it as a str instead",
-                )
-        elif isinstance(value, str):
-            _check_string_chars(name, value)
-        else:
-            raise InvalidEventError(
-                name,
-                f"extension values must be str, int or bool, got {type(value).__name__}; "
-                "convert it (timestamps and URIs as str, binary as base64 str)",
-            )
-        checked[name] = value
-    return checked
-
-
-def _check_extension_name(name: object) -> None:
-    """Refuse an invalid extension name; remember a valid one (while there is room)."""
-    if not isinstance(name, str) or _EXTENSION_NAME_RE.fullmatch(name) is None:
-        shown = _preview(name) if isinstance(name, str) else repr(type(name).__name__)
-        raise InvalidEventError(
-            "extensions",
-            f"extension name {shown} is invalid: names must be 1 to 20 characters "
-            "from a-z and 0-9 (lower case, no '-' or '_')",
-        )
-    if name in CORE_ATTRIBUTES:
-        raise InvalidEventError(
-            "extensions",
-            f"extension name {name!r} is a core CloudEvents attribute; set it through "
-            "its own argument instead",
-        )
-    if len(_VALID_EXTENSION_NAMES) < _MAX_REMEMBERED_NAMES:
-        _VALID_EXTENSION_NAMES.add(name)
-
-
-# Extension names that passed the checks above (a bounded set: names are few in practice).
-_VALID_EXTENSION_NAMES: set[str] = set()
-_MAX_REMEMBERED_NAMES = 256
-
-
-class _DataProblem(Exception):
-    """Internal: carries a problem found in ``data`` up the stack, collecting its path."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        # Filled while unwinding, innermost first.
-        self.path: list[str] = []
-        self.container_ids: list[int] = []
-
-
-_TOO_DEEP_PROBLEM = (
-    f"nesting is deeper than {MAX_DATA_DEPTH} levels of lists and dicts; flatten the data"
-)
-_SURROGATE_PROBLEM = "a lone surrogate, which UTF-8 cannot encode"
-_NO_STACK_LEFT_PROBLEM = (
-    "is nested too deeply to be checked or written from this deep in the call stack "
-    "(RecursionError); flatten the data, or build and emit the event nearer the top of the "
-    "stack"
-)
-
-_TYPE_HINTS = {
-    "set": "use a list",
-    "frozenset": "use a list",
-    "datetime": "use an RFC 3339 str",
-    "date": "use an ISO 8601 str",
-    "Decimal": "use a str or float",
-    "UUID": "use str(value)",
-}
-
-
-def _check_object_key(key: object) -> None:
-    if not isinstance(key, str):
-        raise _DataProblem(
-            f"an object key of type {type(key).__name__} ({_show(key)}) is not allowed; "
-            "JSON object keys must be str"
-        )
-    if _SURROGATE_RE.search(key) is not None:
-        raise _DataProblem(f"the object key {_preview(key)} contains {_SURROGATE_PROBLEM}")
-
-
-def _check_json_value(value: Any, depth: int) -> None:
-    """Raise :class:`_DataProblem` unless ``value`` is a JSON value :mod:`json` can write."""
-    value_type = type(value)
-    # Exact-type checks first: they are what real payloads consist of, and are cheaper
-    # than isinstance() against a tuple of types.
-    if value_type is str:
-        if not value.isascii() and _SURROGATE_RE.search(value) is not None:
-            raise _DataProblem(f"the str {_preview(value)} contains {_SURROGATE_PROBLEM}")
-        return
-    if value_type is int:
-        if not -_ALWAYS_WRITABLE_INT < value < _ALWAYS_WRITABLE_INT:
-            _check_int_length(value)
-        return
-    if value_type is bool or value is None:
-        return
-    if value_type is dict or (value_type is not list and isinstance(value, dict)):
-        if depth >= MAX_DATA_DEPTH:
-            raise _DataProblem(_TOO_DEEP_PROBLEM)
-        key: object = None
-        try:
-            for key, item in value.items():
-                if type(key) is not str or not key.isascii():
-                    _check_object_key(key)
-                _check_json_value(item, depth + 1)
-        except _DataProblem as problem:
-            problem.path.append(f"[{_preview(key)}]" if isinstance(key, str) else "")
-            problem.container_ids.append(id(value))
-            raise
-        return
-    if value_type is list or value_type is tuple or isinstance(value, (list, tuple)):
-        if depth >= MAX_DATA_DEPTH:
-            raise _DataProblem(_TOO_DEEP_PROBLEM)
-        index = 0
-        try:
-            for index, item in enumerate(value):  # noqa: B007
-                _check_json_value(item, depth + 1)
-        except _DataProblem as problem:
-            problem.path.append(f"[{index}]")
-            problem.container_ids.append(id(value))
-            raise
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _DataProblem(
-                f"the float {value!r} cannot be written as JSON; use None or a str instead"
-            )
-        return
-    if isinstance(value, (str, int)):  # subclasses, e.g. enum.IntEnum members
-        if isinstance(value, str) and _SURROGATE_RE.search(value) is not None:
-            raise _DataProblem(f"the str {_preview(value)} contains {_SURROGATE_PROBLEM}")
-        if isinstance(value, int) and not -_ALWAYS_WRITABLE_INT < value < _ALWAYS_WRITABLE_INT:
-            _check_int_length(value)
-        return
-    if isinstance(value, (bytes, bytearray)):
-        raise _DataProblem(
-            "bytes are only allowed as the whole data (written as data_base64); "
-            "base64-encode nested binary into a str yourself"
-        )
-    type_name = value_type.__name__
-    hint = _TYPE_HINTS.get(type_name, "convert it to dict, list, str, int, float, bool or None")
-    raise _DataProblem(f"a value of type {type_name} is not a JSON value; {hint}")
-
-
-# Ints within this bound pass the fast check; others take the full one.
-_FAST_INT_BOUND = 2**63
-
-# Python writes ints as text only up to sys.get_int_max_str_digits() digits (4300 by
-# default, 0 for no limit, never below 640): json.dumps of a longer one raises ValueError.
-# Ints of fewer than 640 digits are always writable; longer ones are checked against the
-# interpreter's limit at construction, so that to_json() cannot fail on them later.
-_ALWAYS_WRITABLE_INT = 10**639
-_get_int_digits_limit: Callable[[], int] = getattr(sys, "get_int_max_str_digits", lambda: 0)
-_int_bounds: dict[int, int] = {}  # limit -> 10**limit, the first int too long to write
-
-
-def _check_int_length(value: int) -> None:
-    limit = _get_int_digits_limit()
-    if limit <= 0:
-        return
-    bound = _int_bounds.get(limit)
-    if bound is None:
-        bound = _int_bounds[limit] = 10**limit
-    if -bound < value < bound:
-        return
-    digits = int(abs(value).bit_length() * math.log10(2))  # within one of the true count
-    raise _DataProblem(
-        f"an int of about {digits} digits is over Python's limit of {limit} digits for "
-        "writing ints as text (sys.get_int_max_str_digits()), so it cannot be written as "
-        "JSON; send it as a str"
-    )
-
-
-def _is_plain_json(value: Any, depth: int) -> bool:
-    """True when ``value`` surely passes :func:`_check_json_value`, without a call per member.
-
-    It accepts only what real payloads are made of: dicts with ASCII str keys, lists, ASCII
-    strs (which cannot hold a surrogate), ints of up to 63 bits, finite floats, bools and
-    None. ``False`` says nothing: the full check then decides, and explains.
-    """
-    if depth >= MAX_DATA_DEPTH:
-        return False
-    if type(value) is dict:
-        items: Any = value.values()
-        # ASCII str keys (a str subclass is a str key) cannot hold a surrogate. One join
-        # checks them all in C; it refuses a key of any other type.
-        try:
-            if not "".join(value).isascii():
-                return False
-        except TypeError:
-            return False
-    elif type(value) is list:
-        items = value
-    else:
-        return False
-    for item in items:
-        kind = type(item)
-        if kind is str:
-            if not item.isascii():
-                return False
-        elif kind is int:
-            if not -_FAST_INT_BOUND < item < _FAST_INT_BOUND:
-                return False
-        elif kind is dict or kind is list:
-            if not _is_plain_json(item, depth + 1):
-                return False
-        elif kind is float:
-            if not math.isfinite(item):
-                return False
-        elif kind is not bool and item is not None:
-            return False
-    return True
-
-
-def _check_data(data: object) -> None:
-    try:
-        if _is_plain_json(data, 0):
-            return
-        _check_json_value(data, 0)
-    except RecursionError:
-        # Within MAX_DATA_DEPTH, but the caller's own stack was already nearly full.
-        raise InvalidEventError("data", _NO_STACK_LEFT_PROBLEM) from None
-    except _DataProblem as problem:
-        steps = problem.path[::-1]
-        if len(steps) > 12:  # a path 200 levels deep says nothing a shorter one does not
-            steps = [*steps[:6], f"...({len(steps) - 8} levels)...", *steps[-2:]]
-        text = problem.problem
-        ids = problem.container_ids
-        if text is _TOO_DEEP_PROBLEM and len(set(ids)) < len(ids):
-            text = "a container contains itself (a circular reference); JSON cannot express that"
-        raise InvalidEventError("data", f"at data{''.join(steps)}: {text}") from None
-
-
-def format_rfc3339(moment: datetime) -> str:
-    """Write a timezone-aware datetime as RFC 3339 (``Z`` for UTC, else ``+HH:MM``).
-
-    An offset that is not a whole number of minutes (RFC 3339 cannot express it) is
-    converted to UTC first; the instant is unchanged.
-    """
-    return _normalise_time(moment)[1]
-
-
-def parse_rfc3339(text: object) -> datetime:
-    """Read an RFC 3339 timestamp into a timezone-aware datetime.
-
-    Accepts ``T``/``t`` between date and time, ``Z``/``z`` or ``+HH:MM``/``-HH:MM`` offsets,
-    and fractional seconds of any length (truncated to microseconds). Anything else, leap
-    seconds included (``datetime`` cannot hold second 60), raises
-    :class:`~cellos_sink_jetstream.InvalidEventError` for ``time``.
-    """
-    return _read_rfc3339(text)[0]
-
-
-def _read_rfc3339(text: object) -> tuple[datetime, str]:
-    """:func:`parse_rfc3339`, and the text :func:`format_rfc3339` writes for the result.
-
-    ``from_dict`` needs both; writing the text from the match costs a fraction of
-    formatting the datetime again (``isoformat`` is slow on aware datetimes).
-    """
-    if not isinstance(text, str):
-        raise InvalidEventError("time", f"must be an RFC 3339 str, got {type(text).__name__}")
-    size = len(text)
-    if (
-        # YYYY-MM-DDTHH:MM:SS.ffffff then +00:00 or Z: what Python writes for UTC with
-        # microseconds, the most common form by far. Only the digits are left unchecked,
-        # and fromisoformat reads exactly ASCII digits at those places: what it reads here
-        # is what the regex below accepts (tests/test_event.py holds it to that).
-        ((size == 32 and text[26:] == "+00:00") or (size == 27 and text[26] == "Z"))
-        and text[19] == "."
-        and text[16] == ":"
-        and text[13] == ":"
-        and text[10] == "T"
-        and text[7] == "-"
-        and text[4] == "-"
-        and _FROMISOFORMAT_READS_RFC3339
-    ):
-        try:
-            moment = _fromisoformat(text)
-        except ValueError:  # a month 13, say: the long way explains
-            pass
-        else:
-            if text[20:26] != "000000":  # else format_rfc3339 leaves the fraction out
-                return moment, text[:26] + "Z"
-    match = _rfc3339_fullmatch(text)
-    if match is None:
-        raise InvalidEventError(
-            "time",
-            f"{_preview(text)} is not an RFC 3339 timestamp; expected e.g. "
-            "'2024-05-01T12:30:00Z' or '2024-05-01T14:30:00.123+02:00'",
-        )
-    second, fraction, offset = match.groups()
-    if second == "60":
-        raise InvalidEventError(
-            "time", f"{_preview(text)} is a leap second, which Python datetimes cannot hold"
-        )
-    zero_offset = offset in _ZERO_OFFSETS
-    # Two digits each (the regex): comparing the strs compares the numbers.
-    if not zero_offset and (offset[1:3] > "23" or offset[4:] > "59"):
-        raise InvalidEventError("time", f"{_preview(text)} has an offset outside -23:59..+23:59")
-    # What format_rfc3339 writes: the date and time as given (fixed widths, ASCII digits),
-    # the microseconds unless zero, "Z" for a zero offset (which both readers below give
-    # timezone.utc), else the offset as given.
-    if fraction is None or (len(fraction) == 7 and fraction != ".000000"):
-        written = text[: len(text) - len(offset)]
-    else:
-        micro = fraction[1:7].ljust(6, "0")
-        written = text[:19] if micro == "000000" else f"{text[:19]}.{micro}"
-    if text[10] == "t":
-        written = f"{written[:10]}T{written[11:]}"
-    written += "Z" if zero_offset else offset
-    if _FROMISOFORMAT_READS_RFC3339:
-        # The checks above decide what is accepted; this only reads it, in C (a fifth of
-        # the time). What it refuses (a day past the month's end, a lower-case "t" or "z")
-        # goes the long way below, for the precise error.
-        try:
-            return datetime.fromisoformat(text), written
-        except ValueError:
-            pass
-    tz = timezone.utc
-    if not zero_offset:
-        delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[4:]))
-        tz = timezone(-delta if offset[0] == "-" else delta)
-    microsecond = int(fraction[1:7].ljust(6, "0")) if fraction else 0
-    try:
-        moment = datetime(
-            int(text[:4]), int(text[5:7]), int(text[8:10]),
-            int(text[11:13]), int(text[14:16]), int(second),
-            microsecond, tzinfo=tz,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise InvalidEventError(
-            "time", f"{_preview(text)} is not a valid date/time: {exc}"
-        ) from None
-    return moment, written
-
-
-def _normalise_time(moment: object) -> tuple[datetime, str]:
-    """Return ``moment`` with a fixed-offset tzinfo, and its RFC 3339 text.
-
-    Pinning the tzinfo to the fixed offset it has at this instant matters for equality:
-    aware datetimes in zoneinfo zones compare unequal to every other zone during a DST
-    fold, which would make an event unequal to its own round trip.
-    """
-    if not isinstance(moment, datetime):
-        raise InvalidEventError(
-            "time", f"must be a timezone-aware datetime, got {type(moment).__name__}"
-        )
-    # isoformat() ends in "+00:00" for UTC; RFC 3339 consumers expect the shorter "Z".
-    if moment.tzinfo is timezone.utc:  # datetime.now(timezone.utc): skip the rest
-        return moment, moment.isoformat()[:-6] + "Z"
-    offset = moment.utcoffset()
-    if offset is None:
-        raise InvalidEventError("time", _NAIVE_TIME_PROBLEM)
-    if offset.seconds % 60 or offset.microseconds:  # RFC 3339 offsets are whole minutes
-        try:
-            moment = moment.astimezone(timezone.utc)
-        except OverflowError:
-            raise InvalidEventError(
-                "time",
-                f"{moment!r} has an offset that is not whole minutes and is too close to "
-                "the ends of the datetime range to be converted to UTC",
-            ) from None
-    elif not offset:
-        moment = moment.replace(tzinfo=timezone.utc)
-    elif type(moment.tzinfo) is not timezone:
-        moment = moment.replace(tzinfo=timezone(offset))
-    else:
-        return moment, moment.isoformat()
-    return _normalise_time(moment)
-
-
-class _ReadOnlyExtensions(Mapping[str, ExtensionValue]):
-    """An immutable, hashable, picklable mapping of extension name to value.
-
-    Unlike ``types.MappingProxyType`` it survives ``copy.deepcopy`` and ``pickle`` (and so
-    ``dataclasses.asdict`` and multiprocessing).
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: dict[str, ExtensionValue]) -> None:
-        self._items = items
-
-    def __getitem__(self, name: str) -> ExtensionValue:
-        return self._items[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, _ReadOnlyExtensions):
-            return self._items == other._items
-        if isinstance(other, Mapping):
-            return self._items == dict(other.items())
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(frozenset(self._items.items()))
-
-    def __repr__(self) -> str:
-        return repr(self._items)
-
-    def __reduce__(self) -> tuple[type[_ReadOnlyExtensions], tuple[dict[str, ExtensionValue]]]:
-        return (type(self), (self._items,))
-
-
-_NO_EXTENSIONS = _ReadOnlyExtensions({})
-
-
-def _items_of(extensions: Mapping[str, ExtensionValue]) -> dict[str, ExtensionValue]:
-    """An event's extensions as a dict: its own (not to be changed), read without a copy."""
-    if isinstance(extensions, _ReadOnlyExtensions):
-        return extensions._items
-    return dict(extensions)  # an event built in some way around __post_init__
-
-
-def _extensions_json(extensions: dict[str, ExtensionValue]) -> str:
-    """The structured JSON members of validated ``extensions``: ``,"name":value`` each."""
-    written = ""
-    for name, value in extensions.items():
-        if isinstance(value, str):
-            value_json = _json_str(value)
-        elif isinstance(value, bool):
-            value_json = "true" if value else "false"
-        else:
-            value_json = int.__repr__(value)  # what json writes for an int (subclass)
-        # A valid name is plain ASCII that JSON writes as it is; a str subclass is written
-        # by its str value, as json would.
-        name_json = f'"{name}"' if type(name) is str else _json_str(name)
-        written += f",{name_json}:{value_json}"
-    return written
 
 
 def _plain_head(
@@ -1246,51 +635,6 @@ def _read_common(mapping: dict[str, Any]) -> CloudEventV1 | None:
         }
     )
     return event
-
-
-def _extension_names(mapping: dict[str, Any]) -> tuple[str, ...]:
-    """The members of ``mapping`` that are not core attributes, in its order.
-
-    A producer's events share one shape, so the last shape's answer is kept: comparing
-    the key tuples is mostly identity checks of the same interned names.
-    """
-    keys = tuple(mapping)
-    last_keys, last_names = _last_shape
-    if keys == last_keys:
-        return last_names
-    names = tuple(name for name in keys if name not in CORE_ATTRIBUTES)
-    _remember_shape((keys, names))
-    return names
-
-
-def _remember_shape(shape: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
-    global _last_shape  # noqa: PLW0603 -- one atomic assignment; readers see old or new
-    _last_shape = shape
-
-
-_last_shape: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-
-
-def _shared_extensions(written: str, items: dict[str, ExtensionValue]) -> _ReadOnlyExtensions:
-    """The read-only extensions ``items``, whose JSON members are ``written``, shared.
-
-    Immutable, so events with the same extensions (a producer's tenant id, say) can share
-    one object; ``written`` tells them apart (exactly: the strs in it are plain, so it reads
-    back as ``items``, and ``1`` and ``true`` differ). The cache is bounded: past the bound
-    each event gets its own.
-    """
-    if not written:
-        return _NO_EXTENSIONS
-    shared = _SHARED_EXTENSIONS.get(written)
-    if shared is None:
-        shared = _ReadOnlyExtensions(items)
-        if len(_SHARED_EXTENSIONS) < _MAX_SHARED_EXTENSIONS:
-            _SHARED_EXTENSIONS[written] = shared
-    return shared
-
-
-_SHARED_EXTENSIONS: dict[str, _ReadOnlyExtensions] = {}
-_MAX_SHARED_EXTENSIONS = 256
 
 
 def _json_error(exc: json.JSONDecodeError) -> str:

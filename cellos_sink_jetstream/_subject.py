@@ -15,7 +15,8 @@ import re
 from typing import Any
 
 from cellos_sink_jetstream._errors import InvalidSubjectError
-from cellos_sink_jetstream._event import CloudEventV1, _preview
+from cellos_sink_jetstream._event import CloudEventV1
+from cellos_sink_jetstream._event_text import _preview
 
 __all__ = [
     "MAX_SUBJECT_TEMPLATE_LENGTH",

@@ -889,6 +889,9 @@ def test_format_rfc3339_rejects_naive() -> None:
 # checks (issue #13); these tests hold each fast path to the full check it stands in for.
 
 from cellos_sink_jetstream import _event as event_module  # noqa: E402
+from cellos_sink_jetstream import _event_data as data_module  # noqa: E402
+from cellos_sink_jetstream import _event_extensions as extensions_module  # noqa: E402
+from cellos_sink_jetstream import _event_time as time_module  # noqa: E402
 
 
 def test_random_ids_are_version_4_uuids_as_uuid4_writes_them() -> None:
@@ -935,12 +938,12 @@ def test_parse_rfc3339_reads_as_the_hand_written_reader(text: str) -> None:
             return ("refused", str(exc))
 
     fast = outcome()
-    slow_path = event_module._FROMISOFORMAT_READS_RFC3339
-    event_module._FROMISOFORMAT_READS_RFC3339 = False
+    slow_path = time_module._FROMISOFORMAT_READS_RFC3339
+    time_module._FROMISOFORMAT_READS_RFC3339 = False
     try:
         slow = outcome()
     finally:
-        event_module._FROMISOFORMAT_READS_RFC3339 = slow_path
+        time_module._FROMISOFORMAT_READS_RFC3339 = slow_path
     assert fast == slow
     if isinstance(fast, datetime):
         assert fast.utcoffset() == slow.utcoffset()
@@ -967,15 +970,15 @@ odd_json_values = st.recursive(
 @given(value=odd_json_values)
 @settings(max_examples=500)
 def test_the_fast_data_check_accepts_nothing_the_full_check_refuses(value: Any) -> None:
-    if event_module._is_plain_json(value, 0):
-        event_module._check_json_value(value, 0)  # must not raise
+    if data_module._is_plain_json(value, 0):
+        data_module._check_json_value(value, 0)  # must not raise
 
 
 def test_the_fast_data_check_leaves_deep_and_circular_data_to_the_full_check() -> None:
     deep: Any = []
     for _ in range(MAX_DATA_DEPTH + 5):
         deep = [deep]
-    assert not event_module._is_plain_json(deep, 0)
+    assert not data_module._is_plain_json(deep, 0)
     with pytest.raises(InvalidEventError, match="deeper than"):
         make_event(data=deep)
     looping: dict[str, Any] = {}
@@ -986,15 +989,15 @@ def test_the_fast_data_check_leaves_deep_and_circular_data_to_the_full_check() -
 
 def test_remembered_extension_names_do_not_let_invalid_names_through() -> None:
     make_event(extensions={"tenantid": "acme"})
-    assert "tenantid" in event_module._VALID_EXTENSION_NAMES
+    assert "tenantid" in extensions_module._VALID_EXTENSION_NAMES
     for bad in ("TenantId", "tenant_id", "a" * 21, "data", ""):
         with pytest.raises(InvalidEventError):
             make_event(extensions={bad: "x"})
-        assert bad not in event_module._VALID_EXTENSION_NAMES
+        assert bad not in extensions_module._VALID_EXTENSION_NAMES
     # Past the bound, names are still checked, just no longer remembered.
-    for i in range(event_module._MAX_REMEMBERED_NAMES + 10):
+    for i in range(extensions_module._MAX_REMEMBERED_NAMES + 10):
         make_event(extensions={f"x{i}": 1})
-    assert len(event_module._VALID_EXTENSION_NAMES) <= event_module._MAX_REMEMBERED_NAMES
+    assert len(extensions_module._VALID_EXTENSION_NAMES) <= extensions_module._MAX_REMEMBERED_NAMES
     with pytest.raises(InvalidEventError):
         make_event(extensions={"Not-Valid": 1})
 
@@ -1177,14 +1180,14 @@ utc_micro_layout_near_misses = st.builds(
 @settings(max_examples=1000)
 def test_reading_time_fast_and_long_ways_agree_and_write_what_format_writes(text: Any) -> None:
     def outcome(fast: bool) -> Any:
-        saved = event_module._FROMISOFORMAT_READS_RFC3339
-        event_module._FROMISOFORMAT_READS_RFC3339 = fast and saved
+        saved = time_module._FROMISOFORMAT_READS_RFC3339
+        time_module._FROMISOFORMAT_READS_RFC3339 = fast and saved
         try:
-            moment, written = event_module._read_rfc3339(text)
+            moment, written = time_module._read_rfc3339(text)
         except InvalidEventError as exc:
             return ("refused", str(exc))
         finally:
-            event_module._FROMISOFORMAT_READS_RFC3339 = saved
+            time_module._FROMISOFORMAT_READS_RFC3339 = saved
         assert written == format_rfc3339(moment)
         return (moment, moment.tzinfo, written)
 
@@ -1205,9 +1208,9 @@ def test_without_the_c_encoder_data_is_written_the_same(
     c_encoder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = {"é": [1, 2.5, None, True, 'x"\\\n'], "n": {"deep": []}}
-    fast = "".join(event_module._json_chunks(data, 0))
+    fast = "".join(data_module._json_chunks(data, 0))
     monkeypatch.setattr(json.encoder, "c_make_encoder", c_encoder)
-    fallback = event_module._make_json_encoder()
+    fallback = data_module._make_json_encoder()
     assert "".join(fallback(data, 0)) == fast
     with pytest.raises(ValueError):
         "".join(fallback(math.nan, 0))
