@@ -43,7 +43,7 @@ from cellos_sink_jetstream._event_extensions import (
     CORE_ATTRIBUTES,
     ExtensionValue,
     _check_extensions,
-    _extension_names,
+    _extension_places,
     _extensions_json,
     _items_of,
     _ReadOnlyExtensions,
@@ -574,7 +574,9 @@ def _read_common(mapping: dict[str, Any]) -> CloudEventV1 | None:
     extension_items: dict[str, ExtensionValue] = {}
     extensions_json = ""
     extension_strings = ""  # checked with the attributes below
-    for name in _extension_names(mapping):
+    keys, places = _extension_places(mapping)
+    for place in places:
+        name = keys[place]
         value = mapping[name]
         if value is None:  # JSON null: absent
             continue

@@ -168,27 +168,28 @@ def _extensions_json(extensions: dict[str, ExtensionValue]) -> str:
     return written
 
 
-def _extension_names(mapping: dict[str, Any]) -> tuple[str, ...]:
-    """The members of ``mapping`` that are not core attributes, in its order.
+def _extension_places(mapping: dict[str, Any]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The keys of ``mapping``, and the places among them of the non-core members.
 
-    A producer's events share one shape, so the last shape's answer is kept: comparing
-    the key tuples is mostly identity checks of the same interned names.
+    The names at those places are the extensions, in order: ``mapping``'s own key objects
+    (an equal key of another type, a str subclass say, stays what the caller gave). A
+    producer's events share one shape, so the last shape's places are kept: comparing the
+    key tuples is mostly identity checks of the same interned names.
     """
     keys = tuple(mapping)
-    last_keys, last_names = _last_shape
-    if keys == last_keys:
-        return last_names
-    names = tuple(name for name in keys if name not in CORE_ATTRIBUTES)
-    _remember_shape((keys, names))
-    return names
+    last_keys, places = _last_shape
+    if keys != last_keys:
+        places = tuple(place for place, name in enumerate(keys) if name not in CORE_ATTRIBUTES)
+        _remember_shape((keys, places))
+    return keys, places
 
 
-def _remember_shape(shape: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+def _remember_shape(shape: tuple[tuple[str, ...], tuple[int, ...]]) -> None:
     global _last_shape  # noqa: PLW0603 -- one atomic assignment; readers see old or new
     _last_shape = shape
 
 
-_last_shape: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+_last_shape: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
 
 
 def _shared_extensions(written: str, items: dict[str, ExtensionValue]) -> _ReadOnlyExtensions:

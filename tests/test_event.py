@@ -1214,3 +1214,16 @@ def test_without_the_c_encoder_data_is_written_the_same(
     assert "".join(fallback(data, 0)) == fast
     with pytest.raises(ValueError):
         "".join(fallback(math.nan, 0))
+
+
+class _Name(str):
+    """A str subclass, as a member name."""
+
+
+def test_extension_names_are_the_callers_own_key_objects_on_every_path() -> None:
+    base = {"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}
+    make_event(extensions={"tenantid": "x"})
+    CloudEventV1.from_dict({**base, "tenantid": "x"})  # this shape is now remembered
+    for common in (True, False):
+        event = _from_dict_outcome({**base, _Name("tenantid"): "x"}, common=common)[0]
+        assert [type(name) for name in event.extensions] == [_Name]
