@@ -52,6 +52,8 @@ __all__ = [
 logger = logging.getLogger("cellos_sink_jetstream")
 
 _CLOSE_TIMEOUT_SECONDS = 2.0
+# How long SinkClient.close() waits for the tasks it cancelled before cancelling again.
+_CLOSE_SWEEP_SECONDS = 0.05
 # nats-py 2.16 accepts skip_subject_validation; 2.14 and older reject the argument.
 CAN_SKIP_SUBJECT_VALIDATION = (
     "skip_subject_validation" in inspect.signature(Client.connect).parameters
@@ -96,6 +98,8 @@ class SinkClient(Client):
         self._cellos_require_tls = require_tls
         # Subscriptions whose messages go straight to a handler, by subscription id.
         self._cellos_handlers: dict[int, ReplyHandler] = {}
+        # Set when close() starts: from then on no reconnect may finish (see close()).
+        self._cellos_closing = False
 
     async def subscribe_direct(self, subject: str, handler: ReplyHandler) -> None:
         """Subscribe; each message goes to ``handler(subject, data, status)`` at once.
@@ -121,7 +125,56 @@ class SinkClient(Client):
         except Exception:  # raised into the parser, it would drop the connection
             logger.exception("handling a reply from NATS failed; ignored")
 
+    async def close(self) -> None:
+        """Close, and make it stick when a reconnect was under way.
+
+        nats-py's close() cancels its reconnect task, but before Python 3.12
+        ``asyncio.wait_for`` drops a cancellation that arrives in the same loop turn as
+        what it waited for (the new socket, the server's INFO or PONG): the reconnect then
+        carries on past close(), opens a socket, starts its reader, pinger and flusher
+        tasks and sets the client CONNECTED again (and once close() shuts that socket, the
+        reader starts yet another reconnect). So close until the client stays closed, and
+        cancel what is left of the connection's tasks until none runs; then drop the
+        socket that such a reconnect may have left.
+        """
+        self._cellos_closing = True
+        current = asyncio.current_task()
+        swept = False
+        while True:
+            await super().close()
+            left = [
+                task
+                for task in self._cellos_connection_tasks()
+                if task is not current and not task.done()
+            ]
+            if not left and self.is_closed:
+                break
+            swept = True
+            for task in left:
+                task.cancel()
+            if left:
+                await asyncio.wait(left, timeout=_CLOSE_SWEEP_SECONDS)
+        if swept:
+            abort_transport(self)
+            await asyncio.sleep(0)  # the transport closes its socket on the next loop turn
+
+    def _cellos_connection_tasks(self) -> list[asyncio.Task[None]]:
+        # The reconnect task's name is left out of the fit check (see _attempt_reconnect).
+        tasks = (
+            getattr(self, "_reconnection_task", None),
+            self._reading_task,
+            self._ping_interval_task,
+            self._flusher_task,
+        )
+        return [task for task in tasks if isinstance(task, asyncio.Task)]
+
     async def _process_connect_init(self) -> None:
+        if self._cellos_closing:
+            # A reconnect that outlived close()'s cancellation (see close()) has just
+            # opened a socket: close it, and end the reconnect as its cancellation would.
+            if self._transport is not None:
+                self._transport.close()  # type: ignore[no-untyped-call]
+            raise asyncio.CancelledError
         reconnecting = self.is_reconnecting
         await super()._process_connect_init()
         if self.is_connected:

@@ -320,7 +320,13 @@ class LoopRunner:
                 self._ready.set()
         finally:
             try:
-                _cancel_leftover_tasks(loop)
+                close = getattr(self._publisher, "close", None)
+                if _cancel_leftover_tasks(loop) and close is not None:
+                    # One of them may have reopened the connection (a nats-py reconnect
+                    # that outlived the close's cancellation, see SinkClient.close): close
+                    # the publisher again now that nothing else runs.
+                    loop.run_until_complete(self._close_publisher(close))
+                    _cancel_leftover_tasks(loop)
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
@@ -717,15 +723,25 @@ class LoopRunner:
                 self._finish(request, error=closed_after_send())
 
 
-def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    # nats-py may leave a reconnect or flusher task behind when its close() was cut short
-    # (say, while reconnecting to a dead server); destroyed pending tasks print warnings.
-    tasks = asyncio.all_tasks(loop)
-    if not tasks:
-        return
-    for task in tasks:
-        task.cancel()
-    loop.run_until_complete(asyncio.wait(tasks, timeout=_LEFTOVER_TASKS_TIMEOUT))
+def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> bool:
+    """Cancel the loop's tasks until none is left (bounded); whether there were any.
+
+    nats-py may leave a reconnect or flusher task behind when its close() was cut short
+    (say, while reconnecting to a dead server); destroyed pending tasks print warnings.
+    A task may start others as it ends (a reconnect that ignored its cancellation starts
+    the connection's tasks), hence the rounds.
+    """
+    deadline = time.monotonic() + _LEFTOVER_TASKS_TIMEOUT
+    found = False
+    while True:
+        tasks = asyncio.all_tasks(loop)
+        remaining = deadline - time.monotonic()
+        if not tasks or remaining <= 0:
+            return found
+        found = True
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.wait(tasks, timeout=remaining))
 
 
 _LEFTOVER_TASKS_TIMEOUT = 1.0

@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import os
 import socket
 import struct
 import threading
@@ -15,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+import nats.errors
 import pytest
 
 from cellos_sink_jetstream import (
@@ -698,3 +700,40 @@ def test_close_from_eight_threads_against_a_real_server(stream: StagedStream) ->
 
     with pytest.raises(SinkClosedError):
         sink.emit(event(999))
+
+
+def test_close_while_nats_py_reconnects_leaves_no_task_and_no_socket(
+    stream: StagedStream,
+) -> None:
+    # close() cancels nats-py's reconnect task; before Python 3.12 asyncio.wait_for lets a
+    # cancellation go when what it waited for (the new socket, a PONG) arrived in the same
+    # loop turn, and the reconnect carried on past close(). One close in 10 to 70 hit
+    # that turn: its reader, pinger and flusher tasks were pending and its socket open when
+    # the loop closed. So close many sinks, each at a slightly different moment of a
+    # reconnect, and look at the loop and the process's descriptors after each.
+    reconnect_time_wait = 0.01
+    fds_before = len(os.listdir("/proc/self/fd"))
+    attempts = 0
+    until = time.monotonic() + 6
+    while time.monotonic() < until:
+        sink = JetStreamEventSink.connect(
+            stream.url, stream.subject("closeleak"), reconnect_time_wait=reconnect_time_wait
+        )
+        runner: Any = sink._runner
+        loop, client = runner._loop, runner.publisher._nc
+        # Past the connect's own attempt, so that the reconnect connects at once.
+        time.sleep(reconnect_time_wait)
+        # What nats-py's read loop does when the server hangs up (force_reconnect() is
+        # newer than the oldest nats-py supported).
+        runner.run_coroutine(client._process_op_err(nats.errors.UnexpectedEOF()), 5)
+        time.sleep((attempts % 6) * 0.0001)  # the close lands at a different step each time
+        started = time.monotonic()
+        sink.close(timeout=5)
+        attempts += 1
+        assert time.monotonic() - started < 5, "close() kept to its bound"
+        assert not runner._thread.is_alive()
+        left = [task.get_coro() for task in asyncio.all_tasks(loop)]
+        assert left == [], f"close #{attempts} left tasks pending on the closed loop"
+        open_fds = len(os.listdir("/proc/self/fd"))
+        assert open_fds == fds_before, f"close #{attempts} left {open_fds - fds_before} fds open"
+    assert attempts > 20
