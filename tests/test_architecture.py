@@ -3,6 +3,7 @@ architecture from it)."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -37,3 +38,21 @@ def test_every_module_the_readme_names_exists() -> None:
         if not (PACKAGE / name).exists() and not (PACKAGE / "_cli" / name).exists()
     )
     assert gone == [], f"the README's Architecture table names modules that do not exist: {gone}"
+
+
+def test_the_cli_imports_only_public_names_and_the_one_connect_helper() -> None:
+    # Issue #10: the CLI once imported _SinkClient, _close_quietly and _root_ca_context
+    # and connected on its own. Dunders (__version__) are public; of _nats_client it may
+    # use only the shared session helper (open_session, its error, its closer).
+    private, from_nats_client = [], set()
+    for path in sorted((PACKAGE / "_cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    private.append(f"{path.name}: {alias.name} from {node.module}")
+                if node.module == "_nats_client":
+                    from_nats_client.add(alias.name)
+    assert private == []
+    assert from_nats_client <= {"open_session", "SessionFailed", "close_quietly"}
