@@ -32,6 +32,7 @@ from cellos_sink_jetstream._event_data import (
     _NO_STACK_LEFT_PROBLEM,
     MAX_DATA_DEPTH,
     _check_data,
+    _is_plain_json,
     _json_chunks,
     _json_str,
 )
@@ -57,6 +58,8 @@ from cellos_sink_jetstream._event_text import (
     _show,
 )
 from cellos_sink_jetstream._event_time import (
+    _FROMISOFORMAT_READS_RFC3339,
+    _fromisoformat,
     _normalise_time,
     _read_rfc3339,
     format_rfc3339,
@@ -370,7 +373,7 @@ class CloudEventV1:
         data = self.data
         if data is None:
             return (self._json_head + "}").encode("utf-8")
-        if isinstance(data, bytes):
+        if type(data) is not dict and isinstance(data, bytes):  # dict: the common case
             encoded = base64.b64encode(data).decode("ascii")
             return f'{self._json_head},"data_base64":"{encoded}"}}'.encode()
         try:
@@ -544,7 +547,7 @@ def _read_common(mapping: dict[str, Any]) -> CloudEventV1 | None:
     bools or 32-bit ints; no ``data_base64``. For anything else this returns ``None`` and
     the full path decides and explains. It refuses only what the full path would refuse
     first, with the same error: an invalid time, then (all else being valid) invalid data.
-    tests/test_event.py holds it to the full path.
+    tests/test_event.py holds it to the full path, each shortcut below included.
     """
     get = mapping.get
     specversion = get("specversion")
@@ -598,30 +601,67 @@ def _read_common(mapping: dict[str, Any]) -> CloudEventV1 | None:
         f"{event_id}{source}{kind}{subject or ''}{datacontenttype or ''}{dataschema or ''}"
         f"{extension_strings}"
     )
-    if not (joined.isascii() and joined.isprintable()) or '"' in joined or "\\" in joined:
+    # Printable ASCII without '"' or backslash: ASCII, then none of the other bytes left
+    # (one pass in C; str.isprintable looks each character up in the Unicode database).
+    if not joined.isascii() or len(joined.encode().translate(None, _NOT_PLAIN_BYTES)) != len(
+        joined
+    ):
         return None
 
     time = get("time")
     time_text = None
     if time is not None:
-        time, time_text = _read_rfc3339(time)
+        # _read_rfc3339's first case, inline: what Python writes for UTC with microseconds.
+        if (
+            type(time) is str
+            and time[4:20:3] == "--T::."
+            and (time[26:] == "+00:00" or time[26:] == "Z")
+            and time[20:26] != "000000"
+            and _FROMISOFORMAT_READS_RFC3339
+        ):
+            try:
+                time_text = time[:26] + "Z"
+                time = _fromisoformat(time)
+            except ValueError:
+                time, time_text = _read_rfc3339(time)
+        else:
+            time, time_text = _read_rfc3339(time)
     data = get("data")
     if data is not None:
-        if isinstance(data, (bytes, bytearray)):
-            return None
-        _check_data(data)
+        try:
+            plain = _is_plain_json(data, 0)
+        except RecursionError:  # _check_data explains
+            plain = False
+        if not plain:
+            if isinstance(data, (bytes, bytearray)):
+                return None
+            _check_data(data)
 
-    head = _plain_head(
-        event_id,
-        source,
-        kind,
-        subject=subject,
-        time_text=time_text,
-        datacontenttype=datacontenttype,
-        dataschema=dataschema,
-    )
-    event = object.__new__(CloudEventV1)
-    event.__dict__.update(
+    if (
+        subject is not None
+        and time_text is not None
+        and datacontenttype is not None
+        and dataschema is None
+    ):  # the members events have most often, in one f-string
+        head = (
+            f'{{"specversion":"1.0","id":"{event_id}","source":"{source}","type":"{kind}",'
+            f'"subject":"{subject}","time":"{time_text}","datacontenttype":"{datacontenttype}"'
+        )
+    else:
+        head = _plain_head(
+            event_id,
+            source,
+            kind,
+            subject=subject,
+            time_text=time_text,
+            datacontenttype=datacontenttype,
+            dataschema=dataschema,
+        )
+    event = _new_object(CloudEventV1)
+    # The instance's dict, given whole (frozen: as _assemble fills it, but not copied).
+    _set_attribute(
+        event,
+        "__dict__",
         {
             "id": event_id,
             "source": source,
@@ -634,9 +674,17 @@ def _read_common(mapping: dict[str, Any]) -> CloudEventV1 | None:
             "data": data,
             "extensions": _shared_extensions(extensions_json, extension_items),
             "_json_head": head + extensions_json if extensions_json else head,
-        }
+        },
     )
     return event
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+# The ASCII bytes a plain str must not hold: the controls (what str.isprintable refuses in
+# ASCII), and the two that JSON escapes.
+_NOT_PLAIN_BYTES = bytes(range(0x20)) + b'\x7f"\\'
 
 
 def _json_error(exc: json.JSONDecodeError) -> str:

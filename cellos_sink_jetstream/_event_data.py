@@ -178,8 +178,9 @@ def _check_json_value(value: Any, depth: int) -> None:
     raise _DataProblem(f"a value of type {type_name} is not a JSON value; {hint}")
 
 
-# Ints within this bound pass the fast check; others take the full one.
+# Ints within these bounds pass the fast check; others take the full one.
 _FAST_INT_BOUND = 2**63
+_FAST_INT_MIN = -_FAST_INT_BOUND  # not negated per int: that builds a new int each time
 
 # Python writes ints as text only up to sys.get_int_max_str_digits() digits (4300 by
 # default, 0 for no limit, never below 640): json.dumps of a longer one raises ValueError.
@@ -235,7 +236,7 @@ def _is_plain_json(value: Any, depth: int) -> bool:
             if not item.isascii():
                 return False
         elif kind is int:
-            if not -_FAST_INT_BOUND < item < _FAST_INT_BOUND:
+            if not _FAST_INT_MIN < item < _FAST_INT_BOUND:
                 return False
         elif kind is dict or kind is list:
             if not _is_plain_json(item, depth + 1):

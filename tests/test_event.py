@@ -1064,6 +1064,18 @@ attribute_values = st.one_of(
 utc_micro = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)).map(
     lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
 )
+#: Texts in the layout of the UTC-with-microseconds fast path, one character replaced.
+utc_micro_layout_near_misses = st.builds(
+    lambda text, index, char: text[:index] + char + text[index + 1 :],
+    st.one_of(utc_micro.map(lambda t: t + "+00:00"), utc_micro.map(lambda t: t + "Z")),
+    st.integers(0, 31),
+    st.one_of(
+        st.sampled_from(list("0123456789-:.TtZz+ ,W\u0663\uff11")),
+        st.characters(),
+    ),
+)
+
+
 time_values = st.one_of(
     utc_micro.map(lambda text: text + "+00:00"),
     utc_micro.map(lambda text: text + "Z"),
@@ -1092,7 +1104,8 @@ def structured_mappings(draw: st.DrawFn) -> dict[Any, Any]:
         if draw(st.booleans()):
             mapping[name] = draw(st.one_of(plain_text, attribute_values))
     if draw(st.booleans()):
-        mapping["time"] = draw(time_values)
+        # from_dict reads the UTC-with-microseconds layout inline: near misses included.
+        mapping["time"] = draw(st.one_of(time_values, utc_micro_layout_near_misses))
     names = st.sampled_from(["tenantid", "attempt", "traceparent", "Tenant", "data2", "x" * 21, 1])
     for name in draw(st.lists(names, max_size=3, unique=True)):
         mapping[name] = draw(extension_member_values)
@@ -1112,6 +1125,87 @@ def test_from_dicts_fast_path_accepts_and_refuses_exactly_as_the_full_path(
     fast = _from_dict_outcome(mapping, common=True)
     full = _from_dict_outcome(mapping, common=False)
     assert fast == full
+
+
+#: Times of the UTC-with-microseconds layout that from_dict reads inline, and next to it.
+common_times = st.one_of(
+    utc_micro.map(lambda text: text + "+00:00"),
+    utc_micro.map(lambda text: text + "Z"),
+    utc_micro.map(lambda text: text[:20] + "000000" + "Z"),  # written without a fraction
+    utc_micro.map(lambda text: text[:20] + "000000" + "+00:00"),
+    utc_micro_layout_near_misses,
+    time_values,
+)
+
+
+@st.composite
+def common_shape_mappings(draw: st.DrawFn) -> dict[Any, Any]:
+    """Structured objects of the common shape (each optional member there or not), some
+    with a time or data just off it: what from_dict reads inline."""
+    mapping: dict[Any, Any] = {
+        "specversion": "1.0",
+        "id": draw(plain_text.filter(lambda text: text.strip() == text)),
+        "source": draw(plain_text),
+        "type": draw(plain_text),
+    }
+    for name in ("subject", "time", "datacontenttype", "dataschema"):
+        if draw(st.booleans()):
+            mapping[name] = draw(common_times if name == "time" else plain_text)
+    for name in draw(st.lists(st.sampled_from(["tenantid", "attempt"]), max_size=2, unique=True)):
+        mapping[name] = draw(st.one_of(plain_text, st.booleans(), st.integers(-5, 5)))
+    if draw(st.booleans()):
+        mapping["data"] = draw(st.one_of(json_values, odd_json_values, st.binary(max_size=4)))
+    order = draw(st.permutations(list(mapping)))
+    return {name: mapping[name] for name in order}
+
+
+@given(common_shape_mappings())
+@settings(max_examples=1000)
+def test_from_dicts_fast_path_writes_the_common_shape_as_the_full_path(
+    mapping: dict[Any, Any],
+) -> None:
+    make_event(extensions={"tenantid": "x", "attempt": 1})  # names known
+    assert _from_dict_outcome(mapping, common=True) == _from_dict_outcome(mapping, common=False)
+
+
+@pytest.mark.parametrize("present", range(16))
+@pytest.mark.parametrize(
+    "time",
+    [
+        "2024-05-01T12:30:00.123456+00:00",
+        "2024-05-01T12:30:00.000000Z",
+        "2024-05-01 12:30:00.123456Z",
+    ],
+)
+def test_from_dicts_fast_path_writes_each_set_of_optional_members_as_the_full_path(
+    present: int, time: str
+) -> None:
+    mapping: dict[str, Any] = {"specversion": "1.0", "id": "e-1", "source": "/s", "type": "t"}
+    optional = {
+        "subject": "cells/a",
+        "time": time,
+        "datacontenttype": "application/json",
+        "dataschema": "/schemas/a",
+    }
+    for bit, (name, value) in enumerate(optional.items()):
+        if present >> bit & 1:
+            mapping[name] = value
+    mapping["data"] = {"k": [1, "v"]}
+    assert _from_dict_outcome(mapping, common=True) == _from_dict_outcome(mapping, common=False)
+
+
+@pytest.mark.parametrize(
+    "data", [{"k": 1}, [1, "v"], "text", 7, 1.5, True, b"\x00\x01", bytearray(b"\xff")]
+)
+def test_to_json_writes_data_of_every_kind_as_json_does(data: Any) -> None:
+    event = make_event(data=data)
+    written = json.loads(event.to_json())
+    if isinstance(data, (bytes, bytearray)):
+        assert base64.b64decode(written["data_base64"]) == data
+        assert "data" not in written
+    else:
+        assert written["data"] == data
+        assert "data_base64" not in written
 
 
 def test_from_dicts_fast_path_is_taken_for_the_common_shape() -> None:
@@ -1162,18 +1256,6 @@ def test_the_shape_remembered_for_extensions_follows_the_mapping() -> None:
     assert dict(CloudEventV1.from_dict({**base, "a": None}).extensions) == {}
     assert list(CloudEventV1.from_dict({**base, "b": 2, "a": 1}).extensions) == ["b", "a"]
     assert dict(CloudEventV1.from_dict(base).extensions) == {}
-
-
-#: Texts in the layout of the UTC-with-microseconds fast path, one character replaced.
-utc_micro_layout_near_misses = st.builds(
-    lambda text, index, char: text[:index] + char + text[index + 1 :],
-    st.one_of(utc_micro.map(lambda t: t + "+00:00"), utc_micro.map(lambda t: t + "Z")),
-    st.integers(0, 31),
-    st.one_of(
-        st.sampled_from(list("0123456789-:.TtZz+ ,W\u0663\uff11")),
-        st.characters(),
-    ),
-)
 
 
 @given(text=st.one_of(utc_micro_layout_near_misses, time_values))
