@@ -1242,6 +1242,18 @@ def package_version(name: str) -> str:
 # -- main -----------------------------------------------------------------------------------
 
 
+def pin_to_one_cpu() -> int:
+    """Keep the calling thread, and the threads it starts from now on, on one CPU.
+
+    Called after nats-server started, which keeps every CPU. The sink's calling threads
+    and its loop thread take turns at the GIL anyway; on one CPU the wake-ups between
+    them need no idle vCPU to wake (see benchmarks/README.md, evening of 2 December).
+    """
+    cpu = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
 def profile_one(spec: str, plan: Plan, server: NatsServer, log: Callable[[str], None]) -> int:
     """``--profile WAY[:FEED]``: run one way once, for a profiler (py-spy) to watch."""
     key, _, feed_key = spec.partition(":")
@@ -1273,6 +1285,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="comma-separated event feeds: built (in the timed loop), prebuilt",
     )
     parser.add_argument(
+        "--one-cpu",
+        action="store_true",
+        help="run this process's threads (not nats-server) on one CPU, as an application "
+        "that emits from one thread can (see the README): Linux only",
+    )
+    parser.add_argument(
         "--profile",
         metavar="WAY[:FEED]",
         help="run only this way once (e.g. emit_1t:built), to watch it with py-spy",
@@ -1298,6 +1316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with NatsServer(max_mem=1024**3, max_file=8 * 1024**3) as server, _GC:
         proc = getattr(server, "_proc", None)
         ServerCpu.pid = None if proc is None else proc.pid
+        one_cpu = pin_to_one_cpu() if args.one_cpu else None
         if args.profile:
             return profile_one(args.profile, plan, server, log)
         log(f"nats-server at {server.client_url}; plan: {plan}; feeds: {args.feeds}")
@@ -1352,6 +1371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "feeds": [feed.key for feed in feeds],
             "primary_feed": PRIMARY_FEED,
             "quick": args.quick,
+            "one_cpu": one_cpu,
             "wall_seconds": wall_seconds,
             "argv": sys.argv[1:] if argv is None else list(argv),
         },
@@ -1370,6 +1390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{len(sample_event)} bytes; medians over {plan.repeats} interleaved repeat(s); "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
         f"on {os.cpu_count()} CPU(s)"
+        + ("" if one_cpu is None else f"; this process's threads on CPU {one_cpu} only")
     )
     print(build_table(results))
     print()
