@@ -58,8 +58,6 @@ from cellos_sink_jetstream._event_text import (
     _show,
 )
 from cellos_sink_jetstream._event_time import (
-    _FROMISOFORMAT_READS_RFC3339,
-    _fromisoformat,
     _normalise_time,
     _read_rfc3339,
     format_rfc3339,
@@ -611,21 +609,7 @@ def _read_common(mapping: dict[str, Any]) -> CloudEventV1 | None:
     time = get("time")
     time_text = None
     if time is not None:
-        # _read_rfc3339's first case, inline: what Python writes for UTC with microseconds.
-        if (
-            type(time) is str
-            and time[4:20:3] == "--T::."
-            and (time[26:] == "+00:00" or time[26:] == "Z")
-            and time[20:26] != "000000"
-            and _FROMISOFORMAT_READS_RFC3339
-        ):
-            try:
-                time_text = time[:26] + "Z"
-                time = _fromisoformat(time)
-            except ValueError:
-                time, time_text = _read_rfc3339(time)
-        else:
-            time, time_text = _read_rfc3339(time)
+        time, time_text = _read_rfc3339(time)
     data = get("data")
     if data is not None:
         try:

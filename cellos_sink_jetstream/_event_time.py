@@ -72,12 +72,7 @@ def _read_rfc3339(text: object) -> tuple[datetime, str]:
         # and fromisoformat reads exactly ASCII digits at those places: what it reads here
         # is what the regex below accepts (tests/test_event.py holds it to that).
         ((size == 32 and text[26:] == "+00:00") or (size == 27 and text[26] == "Z"))
-        and text[19] == "."
-        and text[16] == ":"
-        and text[13] == ":"
-        and text[10] == "T"
-        and text[7] == "-"
-        and text[4] == "-"
+        and text[4:20:3] == "--T::."  # the separators at 4, 7, 10, 13, 16 and 19
         and _FROMISOFORMAT_READS_RFC3339
     ):
         try:

@@ -1276,6 +1276,27 @@ def test_reading_time_fast_and_long_ways_agree_and_write_what_format_writes(text
     assert outcome(fast=True) == outcome(fast=False)
 
 
+@pytest.mark.parametrize("index", [4, 7, 10, 13, 16, 19])
+@pytest.mark.parametrize("separator", [",", " ", "t", "-", ":", ".", "T", "x"])
+def test_each_separator_of_the_fast_time_layout_is_checked(index: int, separator: str) -> None:
+    # fromisoformat (3.11+) also reads "," as the decimal mark and " " for "T": the fast
+    # path must refuse what RFC 3339 refuses, at every one of its six separators.
+    layout = "2026-12-02T10:11:12.345678"
+    for suffix in ("+00:00", "Z"):
+        text = layout[:index] + separator + layout[index + 1 :] + suffix
+        saved = time_module._FROMISOFORMAT_READS_RFC3339
+        outcomes = []
+        for fast in (True, False):
+            time_module._FROMISOFORMAT_READS_RFC3339 = fast and saved
+            try:
+                outcomes.append(time_module._read_rfc3339(text))
+            except InvalidEventError as exc:
+                outcomes.append(("refused", str(exc)))
+            finally:
+                time_module._FROMISOFORMAT_READS_RFC3339 = saved
+        assert outcomes[0] == outcomes[1], text
+
+
 _real_c_make_encoder = json.encoder.c_make_encoder  # type: ignore[attr-defined]
 
 
