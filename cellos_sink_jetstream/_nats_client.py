@@ -25,11 +25,13 @@ import nats.aio.client
 import nats.aio.subscription
 import nats.aio.transport
 import nats.errors
+import nats.protocol.parser
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from ._errors import ConnectError
 from ._headers import encode_header_block
+from ._reply_parser import DirectReplyParser
 
 __all__ = [
     "CAN_SKIP_SUBJECT_VALIDATION",
@@ -87,7 +89,8 @@ class SinkClient(Client):
       loop turn are most of nats-py's own cost per publish, and the loop thread is the
       sink's bottleneck.
     - It hands the messages of :meth:`subscribe_direct` subscriptions (the acks) to a
-      plain function, without a queue and a task switch per message.
+      plain function, without a queue and a task switch per message, and reads their
+      frames itself (:class:`DirectReplyParser`) rather than through nats-py's parser.
     - A reconnect whose peer never answers the handshake's PING with PONG is a failed
       attempt, not a half-made connection; after a first connect like that, none of
       nats-py's connection tasks runs.
@@ -100,6 +103,7 @@ class SinkClient(Client):
         self._cellos_handlers: dict[int, ReplyHandler] = {}
         # Set when close() starts: from then on no reconnect may finish (see close()).
         self._cellos_closing = False
+        self._ps = DirectReplyParser(self, self._cellos_handlers, self._cellos_receive)
 
     async def subscribe_direct(self, subject: str, handler: ReplyHandler) -> None:
         """Subscribe; each message goes to ``handler(subject, data, status)`` at once.
@@ -118,10 +122,16 @@ class SinkClient(Client):
         if handler is None:
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
             return
+        self._cellos_receive(handler, subject, data, _inline_status(headers))
+
+    def _cellos_receive(
+        self, handler: ReplyHandler, subject: bytes, data: bytes, status: Optional[str] = None
+    ) -> None:
+        # Both parsers deliver a direct subscription's messages here.
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
         try:
-            handler(subject, data, _inline_status(headers))
+            handler(subject, data, status)
         except Exception:  # raised into the parser, it would drop the connection
             logger.exception("handling a reply from NATS failed; ignored")
 
@@ -361,13 +371,6 @@ FORCE_PUBLIC_API_ENV = "CELLOS_SINK_FORCE_PUBLIC_NATS_API"
 
 def _shape_of_nats_py() -> Optional[str]:
     """The first private name :class:`SinkClient` relies on that is missing or changed."""
-
-    def params(function: Any) -> Optional[list[str]]:
-        try:
-            return list(inspect.signature(function).parameters)[1:]
-        except (TypeError, ValueError):
-            return None
-
     methods = [
         ("Client._process_msg", True, ["sid", "subject", "reply", "data", "headers"]),
         ("Client._process_connect_init", True, []),
@@ -378,7 +381,7 @@ def _shape_of_nats_py() -> Optional[str]:
         if (
             method is None
             or inspect.iscoroutinefunction(method) != is_coroutine
-            or params(method) != expected
+            or _parameters(method) != expected
         ):
             return name
     client = Client()
@@ -391,16 +394,43 @@ def _shape_of_nats_py() -> Optional[str]:
         ("_reading_task", (type(None), asyncio.Task)),
         ("_ping_interval_task", (type(None), asyncio.Task)),
         ("_transport", (type(None), nats.aio.transport.Transport)),
+        ("_ps", nats.protocol.parser.Parser),
     ]
     for attribute, kinds in attributes:
         if not isinstance(getattr(client, attribute, _MISSING), kinds):
             return f"Client.{attribute}"
+    parser_misfit = _parser_misfit(client._ps)
+    if parser_misfit is not None:
+        return parser_misfit
     if not callable(getattr(nats.aio.transport.Transport, "writelines", None)):
         return "Transport.writelines"
     if not hasattr(nats.aio.transport.TcpTransport(), "_io_writer"):  # type: ignore[no-untyped-call]
         return "TcpTransport._io_writer"
     if getattr(nats.aio.subscription.Subscription(client, id=7), "_id", None) != 7:
         return "Subscription._id"
+    return None
+
+
+def _parameters(function: Any) -> Optional[list[str]]:
+    """A method's parameter names after ``self``, or ``None`` if it has no signature."""
+    try:
+        return list(inspect.signature(function).parameters)[1:]
+    except (TypeError, ValueError):
+        return None
+
+
+def _parser_misfit(parser: nats.protocol.parser.Parser) -> Optional[str]:
+    """What :class:`DirectReplyParser` needs of nats-py's parser that it lacks, if anything."""
+    # It takes frames only between two of nats-py's, where nats-py's parser waits for a
+    # control line with nothing or a partial frame in its bytearray buffer.
+    waiting = getattr(nats.protocol.parser, "AWAITING_CONTROL_LINE", _MISSING)
+    if not isinstance(waiting, int) or getattr(parser, "state", _MISSING) != waiting:
+        return "parser.AWAITING_CONTROL_LINE"
+    if not isinstance(getattr(parser, "buf", _MISSING), bytearray):
+        return "Parser.buf"
+    parse = nats.protocol.parser.Parser.parse
+    if not inspect.iscoroutinefunction(parse) or _parameters(parse) != ["data"]:
+        return "Parser.parse"
     return None
 
 

@@ -14,6 +14,7 @@ import nats.aio.msg
 import nats.aio.subscription
 import nats.aio.transport
 import nats.js.client
+import nats.protocol.parser
 import pytest
 from nats.aio.client import Client
 
@@ -109,6 +110,8 @@ def test_no_module_but_nats_client_names_a_private_name_of_nats_py() -> None:
         (Client, "_process_connect_init", None, "Client._process_connect_init"),
         # Same name, another shape: a coroutine where a plain method is overridden.
         (Client, "_connect_command", lambda self: None, "Client._connect_command"),
+        # The parser DirectReplyParser extends: parse(data) reshaped, its state renamed.
+        (nats.protocol.parser.Parser, "parse", lambda self: None, "Parser.parse"),
     ],
 )
 def test_a_missing_or_reshaped_private_name_is_named(
@@ -123,6 +126,24 @@ def test_a_missing_or_reshaped_private_name_is_named(
 
         monkeypatch.setattr(owner, name, reshaped)
     assert _shape_of_nats_py() == reported
+
+
+def test_a_parser_whose_states_changed_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nats.protocol.parser, "AWAITING_CONTROL_LINE", "control line")
+    assert _shape_of_nats_py() == "parser.AWAITING_CONTROL_LINE"
+
+
+def test_a_parser_that_keeps_no_bytearray_buffer_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = nats.protocol.parser.Parser.reset
+
+    def reset_to_bytes(self: Any) -> None:
+        original(self)
+        self.buf = b""
+
+    monkeypatch.setattr(nats.protocol.parser.Parser, "reset", reset_to_bytes)
+    assert _shape_of_nats_py() == "Parser.buf"
 
 
 def test_a_renamed_transport_writer_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

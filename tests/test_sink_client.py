@@ -126,3 +126,43 @@ def test_the_connection_reads_at_most_64_kib_at_once_after_every_connect(
         assert second is not first  # a new connection, limited too
         assert second.max_size == READ_SIZE
     assert len(read_stream(stream.url, stream.name)) == 2
+
+
+@pytest.mark.fast_path  # see tox env publicpath
+def test_acks_are_read_past_nats_pys_parser_before_and_after_a_restart(
+    stream: StagedStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every ack of a pipelined burst reaches the sink through DirectReplyParser, none
+    # through nats-py's parser (its _process_msg), also on the connection a restart makes.
+    by_nats_py: list[int] = []
+    by_fast_reader: list[bytes] = []
+    stock_process_msg = SinkClient._process_msg
+    stock_receive = SinkClient._cellos_receive
+
+    async def process_msg(self: SinkClient, sid: int, *args: Any) -> None:
+        by_nats_py.append(sid)
+        await stock_process_msg(self, sid, *args)
+
+    def receive(self: SinkClient, handler: Any, subject: bytes, *args: Any) -> None:
+        by_fast_reader.append(subject)
+        stock_receive(self, handler, subject, *args)
+
+    monkeypatch.setattr(SinkClient, "_process_msg", process_msg)
+    monkeypatch.setattr(SinkClient, "_cellos_receive", receive)
+    with JetStreamEventSink.connect(
+        stream.url, stream.subject("parser"), publish_timeout=2.0
+    ) as sink:
+        direct_sids = set(sink._runner.publisher._nc._cellos_handlers)  # type: ignore[union-attr]
+        burst = [sink.emit_nowait(CloudEventV1.create("t", "/p", {"n": n})) for n in range(300)]
+        assert all(future.result(5).seq > 0 for future in burst)
+        stream.server.restart()
+        with_retry(
+            100,
+            lambda: sink.emit(CloudEventV1.create("t", "/p")),
+            retry_on=(PublishError,),
+            max_delay=0.2,
+        )
+        sink.emit(CloudEventV1.create("t", "/p"))
+    assert len(by_fast_reader) >= 302
+    assert not direct_sids & set(by_nats_py)
+    assert len(read_stream(stream.url, stream.name)) == 302
