@@ -891,11 +891,12 @@ def test_format_rfc3339_rejects_naive() -> None:
 from cellos_sink_jetstream import _event as event_module  # noqa: E402
 from cellos_sink_jetstream import _event_data as data_module  # noqa: E402
 from cellos_sink_jetstream import _event_extensions as extensions_module  # noqa: E402
+from cellos_sink_jetstream import _event_ids as ids_module  # noqa: E402
 from cellos_sink_jetstream import _event_time as time_module  # noqa: E402
 
 
 def test_random_ids_are_version_4_uuids_as_uuid4_writes_them() -> None:
-    ids = [event_module._random_uuid4() for _ in range(2000)]
+    ids = [ids_module.random_uuid4() for _ in range(2000)]
     for text in ids:
         parsed = uuid.UUID(text)
         assert parsed.version == 4
