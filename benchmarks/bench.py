@@ -186,6 +186,27 @@ def event_dict(i: int) -> dict[str, Any]:
     }
 
 
+def create_event(i: int) -> CloudEventV1:
+    """The event of ``event_dict(i)``, made by ``CloudEventV1.create`` (its own id and time)."""
+    cell = f"cell-{i % 97:04d}"
+    phase = _PHASES[i % len(_PHASES)]
+    return CloudEventV1.create(
+        f"dev.cellos.cell.lifecycle.{phase}",
+        "/cellos/supervisor/node-07",
+        {
+            "cellId": cell,
+            "tenantId": "acme-prod",
+            "phase": phase,
+            "generation": i,
+            "image": "acme/worker:1.42.3",
+            "pid": 40_000 + i % 20_000,
+        },
+        subject=f"cells/{cell}",
+        datacontenttype="application/json",
+        extensions={"tenantid": "acme-prod"},
+    )
+
+
 def make_event(i: int) -> CloudEventV1:
     """The same event as a validated ``CloudEventV1``."""
     return CloudEventV1.from_dict(event_dict(i))
@@ -234,6 +255,13 @@ FEEDS: tuple[Feed, ...] = (
         lambda start, count: list(range(start, start + count)),
         _built_raw,
         _built_sink,
+    ),
+    Feed(
+        "created",
+        "created in the loop",
+        lambda start, count: list(range(start, start + count)),
+        _built_raw,
+        create_event,
     ),
     Feed(
         "prebuilt",
@@ -1282,7 +1310,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--feeds",
         default="built,prebuilt",
-        help="comma-separated event feeds: built (in the timed loop), prebuilt",
+        help="comma-separated event feeds: built (from_dict in the timed loop), "
+        "created (CloudEventV1.create in the timed loop), prebuilt",
     )
     parser.add_argument(
         "--one-cpu",

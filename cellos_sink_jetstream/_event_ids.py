@@ -1,12 +1,13 @@
 """Random event ids (UUID version 4) without a system call per id.
 
 ``os.urandom`` releases the GIL around its ``getrandom`` call. In a thread that emits in
-a tight loop, each release lets the sink's loop thread take the GIL when it is waiting
-for it, and the emitting thread then waits to get it back: a futex hand-off per event,
-measured at a quarter of the pipelined throughput of ``emit_nowait`` (benchmarks/README).
-So ids are cut from 4 KiB of ``os.urandom`` at a time, 256 ids per call: the same bytes
-of the kernel's CSPRNG, in the same order, no id ever cut twice. A child process starts
-with an empty pool after ``fork()``, so parent and child never hand out the same id.
+a tight loop, each release wakes the sink's loop thread if it is waiting for the GIL, for
+nothing (the emitting thread has the GIL back first), at the cost of a futex wake-up per
+event: pipelined emits of created events ran at 17.7k/s with one ``os.urandom`` call per
+id and at 23.1k/s without (benchmarks/README.md). So ids are cut from 4 KiB of
+``os.urandom`` at a time, 256 ids per call: the same bytes of the kernel's CSPRNG, in the
+same order, no id ever cut twice. A child process starts with an empty pool after
+``fork()``, so parent and child never hand out the same id.
 """
 
 from __future__ import annotations

@@ -31,8 +31,7 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 
 def test_one_system_call_draws_the_randomness_of_256_ids(drawn: list[bytes]) -> None:
-    # os.urandom releases the GIL: one call per id cost pipelined emits a quarter of
-    # their throughput (see the module).
+    # os.urandom releases the GIL: one call per id slowed pipelined emits (see the module).
     for _ in range(1000):
         random_uuid4()
     assert len(drawn) == 4
