@@ -26,6 +26,10 @@ Receive = Callable[[Any, bytes, bytes], None]
 
 _MSG = b"MSG "
 _CRLF = b"\r\n"
+# Most bytes of an unfinished frame this parser keeps (and copies again on each read)
+# before it leaves the frame to nats-py's parser, which appends to its buffer in place.
+# Acks are tens of bytes; only a frame this large (nothing the sink expects) goes there.
+_MOST_BYTES_KEPT = 64 * 1024
 
 
 class DirectReplyParser(Parser):
@@ -40,8 +44,9 @@ class DirectReplyParser(Parser):
 
     async def parse(self, data: bytes = b"") -> None:
         """Take the frames of ``data`` (after what an earlier call left unfinished)."""
-        if self.state != AWAITING_CONTROL_LINE:
-            # nats-py's parser stopped inside a message's payload: it finishes that read.
+        if self.state != AWAITING_CONTROL_LINE or len(self.buf) > _MOST_BYTES_KEPT:
+            # nats-py's parser stopped inside a message's payload, or holds a long
+            # unfinished frame: it reads on.
             await super().parse(data)
             return
         if self.buf:
@@ -50,7 +55,7 @@ class DirectReplyParser(Parser):
         stop, unfinished = self._read_direct_frames(data)
         if stop == len(data):
             return
-        if unfinished:
+        if unfinished and len(data) - stop <= _MOST_BYTES_KEPT:
             # The head of a direct frame whose end is still on its way: wait for it here,
             # in the state nats-py's parser would have left it (no control line taken).
             self.buf.extend(data[stop:])

@@ -191,3 +191,22 @@ def test_a_reset_parser_reads_a_fresh_connection_from_its_first_byte() -> None:
     parser.reset()
     run(parser, [ack(2)])
     assert recorder.seen == [("msg", DIRECT_SID, b"_INBOX.abc.2", b"", ack_payload(2), None)]
+
+
+def test_a_frame_too_long_to_copy_on_every_read_is_left_to_nats_py() -> None:
+    # Kept by the fast reader, a 200 KiB frame arriving 1 KiB at a time would be copied
+    # again on every read; nats-py's parser appends to its buffer in place.
+    payload = bytes(range(256)) * 800
+    big = b"MSG _INBOX.abc.1 7 %d\r\n%b\r\n" % (len(payload), payload)
+    stream = ack(1) + big + ack(2)
+    reads = [*cut(stream, list(range(1024, len(stream), 1024))), ack(3)]
+    stock, fast = both_parsers_on(reads)
+    assert fast.seen == stock.seen
+    assert [entry[4] for entry in fast.seen] == [
+        ack_payload(1),
+        payload,
+        ack_payload(2),
+        ack_payload(3),
+    ]
+    # The acks before and after; nats-py read the long frame and its read's tail.
+    assert fast.by_fast_reader == 2
