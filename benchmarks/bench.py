@@ -162,10 +162,25 @@ class Plan:
 _PHASES = ("created", "starting", "started", "healthy", "stopping", "stopped")
 
 
+def _cell_and_phase(i: int) -> tuple[str, str]:
+    return f"cell-{i % 97:04d}", _PHASES[i % len(_PHASES)]
+
+
+def _event_data(i: int) -> dict[str, Any]:
+    cell, phase = _cell_and_phase(i)
+    return {
+        "cellId": cell,
+        "tenantId": "acme-prod",
+        "phase": phase,
+        "generation": i,
+        "image": "acme/worker:1.42.3",
+        "pid": 40_000 + i % 20_000,
+    }
+
+
 def event_dict(i: int) -> dict[str, Any]:
     """What a supervisor builds when it emits: a CloudEvents JSON object (~400 bytes)."""
-    cell = f"cell-{i % 97:04d}"
-    phase = _PHASES[i % len(_PHASES)]
+    cell, phase = _cell_and_phase(i)
     return {
         "specversion": "1.0",
         "id": str(uuid.uuid4()),
@@ -175,32 +190,17 @@ def event_dict(i: int) -> dict[str, Any]:
         "time": datetime.now(timezone.utc).isoformat(),
         "datacontenttype": "application/json",
         "tenantid": "acme-prod",
-        "data": {
-            "cellId": cell,
-            "tenantId": "acme-prod",
-            "phase": phase,
-            "generation": i,
-            "image": "acme/worker:1.42.3",
-            "pid": 40_000 + i % 20_000,
-        },
+        "data": _event_data(i),
     }
 
 
 def create_event(i: int) -> CloudEventV1:
     """The event of ``event_dict(i)``, made by ``CloudEventV1.create`` (its own id and time)."""
-    cell = f"cell-{i % 97:04d}"
-    phase = _PHASES[i % len(_PHASES)]
+    cell, phase = _cell_and_phase(i)
     return CloudEventV1.create(
         f"dev.cellos.cell.lifecycle.{phase}",
         "/cellos/supervisor/node-07",
-        {
-            "cellId": cell,
-            "tenantId": "acme-prod",
-            "phase": phase,
-            "generation": i,
-            "image": "acme/worker:1.42.3",
-            "pid": 40_000 + i % 20_000,
-        },
+        _event_data(i),
         subject=f"cells/{cell}",
         datacontenttype="application/json",
         extensions={"tenantid": "acme-prod"},

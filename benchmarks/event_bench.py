@@ -34,13 +34,11 @@ from typing import Any, Callable, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import event_dict, git_revision  # the same event as bench.py
+from bench import create_event, event_dict, git_revision  # the same events as bench.py
 
 from cellos_sink_jetstream import CloudEventV1
 
 TARGET_RATIO = 1.2  # building + validating + serialising / json.dumps, per event   <=
-
-_PHASES = ("created", "starting", "started", "healthy", "stopping", "stopped")
 
 
 def _create_args(i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -106,23 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return CloudEventV1.from_dict(event_dict(i)).to_json()
 
     def create_built(i: int) -> bytes:
-        cell = f"cell-{i % 97:04d}"
-        phase = _PHASES[i % len(_PHASES)]
-        return CloudEventV1.create(
-            f"dev.cellos.cell.lifecycle.{phase}",
-            "/cellos/supervisor/node-07",
-            {
-                "cellId": cell,
-                "tenantId": "acme-prod",
-                "phase": phase,
-                "generation": i,
-                "image": "acme/worker:1.42.3",
-                "pid": 40_000 + i % 20_000,
-            },
-            subject=f"cells/{cell}",
-            datacontenttype="application/json",
-            extensions={"tenantid": "acme-prod"},
-        ).to_json()
+        return create_event(i).to_json()
 
     def dict_only(i: int) -> dict[str, Any]:
         return event_dict(i)

@@ -99,6 +99,17 @@ def test_without_a_flusher_the_batch_is_written_at_once() -> None:
 # -- the read size, against a real server -----------------------------------------------
 
 
+def restart_and_emit_once(stream: StagedStream, sink: JetStreamEventSink) -> None:
+    """Restart the server and emit one event, retried until the sink has reconnected."""
+    stream.server.restart()
+    with_retry(
+        100,
+        lambda: sink.emit(CloudEventV1.create("t", "/after-restart")),
+        retry_on=(PublishError,),
+        max_delay=0.2,
+    )
+
+
 def _socket_transport(sink: Any) -> Any:
     client = sink._runner.publisher._nc
     return client._transport._io_writer.transport
@@ -115,13 +126,7 @@ def test_the_connection_reads_at_most_64_kib_at_once_after_every_connect(
         first = _socket_transport(sink)
         assert first.max_size == READ_SIZE == 64 * 1024
         sink.emit(CloudEventV1.create("t", "/bench", {"n": 1}))
-        stream.server.restart()
-        with_retry(
-            100,
-            lambda: sink.emit(CloudEventV1.create("t", "/b")),
-            retry_on=(PublishError,),
-            max_delay=0.2,
-        )
+        restart_and_emit_once(stream, sink)
         second = _socket_transport(sink)
         assert second is not first  # a new connection, limited too
         assert second.max_size == READ_SIZE
@@ -155,13 +160,7 @@ def test_acks_are_read_past_nats_pys_parser_before_and_after_a_restart(
         direct_sids = set(sink._runner.publisher._nc._cellos_handlers)  # type: ignore[union-attr]
         burst = [sink.emit_nowait(CloudEventV1.create("t", "/p", {"n": n})) for n in range(300)]
         assert all(future.result(5).seq > 0 for future in burst)
-        stream.server.restart()
-        with_retry(
-            100,
-            lambda: sink.emit(CloudEventV1.create("t", "/p")),
-            retry_on=(PublishError,),
-            max_delay=0.2,
-        )
+        restart_and_emit_once(stream, sink)
         sink.emit(CloudEventV1.create("t", "/p"))
     assert len(by_fast_reader) >= 302
     assert not direct_sids & set(by_nats_py)
