@@ -1,7 +1,8 @@
 """Reading the acks of the sink's own publishes past nats-py's general protocol parser.
 
 nats-py's parser matches every frame against regular expressions and hands each message
-to a coroutine: about 3 µs per ack, on the loop thread, which is the sink's bottleneck.
+to a coroutine: 1.6-2.2 µs per ack on the loop thread, the sink's bottleneck, against
+1.0-1.6 µs here (benchmarks/README.md).
 Nearly everything the server sends the sink is one kind of frame, ``MSG <subject> <sid>
 <size>`` for a subscription whose messages go straight to a handler (the acks).
 :class:`DirectReplyParser` reads the run of those frames at the head of each read itself
