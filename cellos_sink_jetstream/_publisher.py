@@ -235,9 +235,17 @@ class NatsPublisher:
                 f"could not connect to NATS at {options.display_url}: {problem}; check that "
                 f"the server is up, the URL, the credentials and the TLS settings"
             ) from None
-        not_ready = await publisher._check_handshake(
-            check_subject, deadline, options.connect_timeout
-        )
+        try:
+            not_ready = await publisher._check_handshake(
+                check_subject, deadline, options.connect_timeout
+            )
+        except BaseException:
+            # Cancelled (the sink closed while connecting in the background) or failed
+            # while JetStream had not answered: close the connection made, rather than
+            # leave its socket to the garbage collector.
+            publisher._closing = True
+            await close_quietly(nc)
+            raise
         if not_ready is not None:
             publisher._closing = True  # a half-made connection: no "disconnected" to report
             await close_quietly(nc)

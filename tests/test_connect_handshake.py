@@ -224,3 +224,34 @@ def test_a_connect_attempt_that_swallows_a_cancellation_is_cancelled_again() -> 
 
     asyncio.run(bounded())
     assert swallowed == [True]
+
+
+def test_closing_a_sink_whose_connect_waits_for_jetstream_closes_the_connection() -> None:
+    # close() cancels a background connect; cancelled while it waited for JetStream's
+    # answer, the connect left its connection open, to the garbage collector (seen as
+    # "unclosed transport" warnings of the CLI's spool replay, which closes at once).
+    asked = threading.Event()
+    hung_up = threading.Event()
+
+    async def pong_then_wait_for_hang_up(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(b"PONG\r\n")
+        await writer.drain()
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                break
+            if b"$JS.API.INFO" in data:
+                asked.set()  # never answered
+        hung_up.set()
+
+    with FakePeer(pong_then_wait_for_hang_up) as peer:
+        sink = JetStreamEventSink.connect(
+            f"nats://127.0.0.1:{peer.port}", "a.b", connect_timeout=30.0, env={}, wait=False
+        )
+        try:
+            assert asked.wait(10), "the connect never asked JetStream"
+        finally:
+            sink.close(timeout=5.0)
+        assert hung_up.wait(5), "the connection stayed open after close()"
