@@ -66,7 +66,6 @@ def test_threads_drawing_at_once_never_get_the_same_id() -> None:
     assert len(every) == len(set(every)) == 24_000
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
 def test_a_forked_child_never_hands_out_its_parents_next_ids() -> None:
     # In a fresh interpreter with no other threads: fork() warns in a threaded process.
     script = textwrap.dedent(
