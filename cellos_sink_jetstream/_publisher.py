@@ -210,8 +210,7 @@ class NatsPublisher:
                 nc.connect(**kwargs), refused_everywhere, options.connect_timeout
             )
         except BaseException as exc:
-            publisher._closing = True  # it never connected: no "disconnected" to report
-            await close_quietly(nc)
+            await publisher.close()  # it never connected: no "disconnected" to report
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                 raise
             if refused_everywhere.is_set():
@@ -235,20 +234,18 @@ class NatsPublisher:
                 f"could not connect to NATS at {options.display_url}: {problem}; check that "
                 f"the server is up, the URL, the credentials and the TLS settings"
             ) from None
+        not_ready: Optional[str] = "the JetStream check did not finish"
         try:
             not_ready = await publisher._check_handshake(
                 check_subject, deadline, options.connect_timeout
             )
-        except BaseException:
-            # Cancelled (the sink closed while connecting in the background) or failed
-            # while JetStream had not answered: close the connection made, rather than
-            # leave its socket to the garbage collector.
-            publisher._closing = True
-            await close_quietly(nc)
-            raise
+        finally:
+            if not_ready is not None:
+                # Not ready, failed, or cancelled (the sink closed while connecting in the
+                # background): close the half-made connection rather than leave its socket
+                # to the garbage collector.
+                await publisher.close()
         if not_ready is not None:
-            publisher._closing = True  # a half-made connection: no "disconnected" to report
-            await close_quietly(nc)
             logger.info("could not connect to NATS at %s: %s", options.display_url, not_ready)
             raise ConnectError(f"could not connect to NATS at {options.display_url}: {not_ready}")
         return publisher
