@@ -38,6 +38,7 @@ __all__ = [
     "Connected",
     "Permit",
     "Reconnecting",
+    "Refusal",
     "backoff_delay",
 ]
 
@@ -97,6 +98,10 @@ class Permit:
     generation: int
     is_probe: bool = False
 
+
+#: Why a caller must fail fast: ``(attempt, retry_after, cause)``, the arguments of
+#: ``CircuitOpenError`` (a plain tuple: it is built on the fast-fail path).
+Refusal = tuple[int, float, FailureCause]
 
 TransitionListener = Callable[[BreakerState, BreakerState], None]
 
@@ -158,22 +163,33 @@ class CircuitBreaker:
         While ``Reconnecting``, the first caller at or after ``next_after`` gets the probe
         permit; everyone else gets ``None`` until that probe is recorded.
         """
+        verdict = self.admit_or_refuse()
+        return verdict if isinstance(verdict, Permit) else None
+
+    def admit_or_refuse(self) -> Union[Permit, Refusal]:
+        """:meth:`admit`, with the :data:`Refusal` itself instead of ``None``.
+
+        The refusal describes the very state that refused, read with one clock read: the
+        fast-fail path, which is measured in hundreds of nanoseconds.
+        """
         state = self._state
         if state is _CONNECTED:
             return self._connected_permit
         # Refusing needs no lock: the state is immutable and a stale read can only refuse
-        # a caller who might have probed, and a later caller will.
-        now = self.now()
+        # a caller who might have probed, and a later caller will. (self.now() inlined:
+        # a call is a tenth of the refusal's cost.)
+        clock = self._clock
+        now = clock() if clock is not None else time.monotonic()
         if isinstance(state, Reconnecting) and (self._probe_running or now < state.next_after):
             next(self._rejection_counter)
-            return None
+            return state.attempt, max(0.0, state.next_after - now), state.cause
         with self._lock:
             state = self._state
             if isinstance(state, Connected):
                 return self._connected_permit
             if self._probe_running or now < state.next_after:
                 next(self._rejection_counter)
-                return None
+                return state.attempt, max(0.0, state.next_after - now), state.cause
             self._probe_running = True
             return Permit(self._generation, is_probe=True)
 
@@ -191,17 +207,6 @@ class CircuitBreaker:
         if isinstance(state, Connected):
             return 0.0
         return max(0.0, state.next_after - self.now())
-
-    def refusal(self) -> Optional[tuple[int, float, FailureCause]]:
-        """Why a caller ``admit()`` refused is refused: ``(attempt, retry_after, cause)``.
-
-        ``None`` when the circuit closed meanwhile (ask again). One state read and one
-        clock read, for the fast-fail path, which is measured in hundreds of nanoseconds.
-        """
-        state = self._state
-        if state is _CONNECTED or isinstance(state, Connected):
-            return None
-        return state.attempt, max(0.0, state.next_after - self.now()), state.cause
 
     def record_success(self, permit: Permit) -> None:
         """Record that the admitted publish was acknowledged."""

@@ -441,9 +441,7 @@ class JetStreamEventSink:
         # publish()'s steps, not a call to it: on the fast-fail path every frame the
         # CircuitOpenError unwinds through is a tenth of its cost.
         timeout = self._settings.publish_timeout
-        deadline = time.monotonic() + timeout
-        request = self._submit(event, BlockingRequest, deadline, room_deadline=deadline)
-        self._await_outcome(request, timeout)
+        self._await_outcome(self._submit(event, BlockingRequest, timeout, timeout), timeout)
 
     def publish(self, event: EventLike, timeout: Optional[float] = None) -> PubAck:
         """Like :meth:`emit`, but return JetStream's :class:`PubAck`.
@@ -457,9 +455,7 @@ class JetStreamEventSink:
             timeout = check_timeout("timeout", timeout)
         # One deadline for the whole call: time spent waiting for room in the queue is
         # not given again to the wait for the ack.
-        deadline = time.monotonic() + timeout
-        request = self._submit(event, BlockingRequest, deadline, room_deadline=deadline)
-        return self._await_outcome(request, timeout)
+        return self._await_outcome(self._submit(event, BlockingRequest, timeout, timeout), timeout)
 
     @staticmethod
     def _await_outcome(request: BlockingRequest, timeout: float) -> PubAck:
@@ -488,14 +484,7 @@ class JetStreamEventSink:
         """
         timeout = check_optional_timeout("timeout", timeout)
         timeout = self._settings.publish_timeout if timeout is None else timeout
-        now = time.monotonic()
-        request = self._submit(
-            event,
-            FutureRequest,
-            now + self._settings.publish_timeout,
-            room_deadline=now + timeout,
-        )
-        return request.future
+        return self._submit(event, FutureRequest, self._settings.publish_timeout, timeout).future
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until every event queued before this call has its outcome.
@@ -540,35 +529,31 @@ class JetStreamEventSink:
         self, event: Union[EventLike, _Encoded], order: Optional[SendOrder]
     ) -> concurrent.futures.Future[PubAck]:
         """``emit_nowait`` with the sink's timeout, as part of ``order`` (the spool's replay)."""
-        now = time.monotonic()
         timeout = self._settings.publish_timeout
-        request = self._submit(
-            event, FutureRequest, now + timeout, room_deadline=now + timeout, order=order
-        )
-        return request.future
+        return self._submit(event, FutureRequest, timeout, timeout, order).future
 
     def _submit(
         self,
         event: Union[EventLike, _Encoded],
         kind: type[_Request],
-        deadline: float,
-        room_deadline: float,
+        timeout: float,
+        room_timeout: float,
         order: Optional[SendOrder] = None,
     ) -> _Request:
+        """Queue ``event``, to be acknowledged within ``timeout`` seconds.
+
+        Up to ``room_timeout`` seconds of it may be spent waiting for room in the queue.
+        """
         if self._closed:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
         # The breaker first: while the circuit is open, failing fast costs a clock read and
         # a comparison, with no serialisation, no queue item and no future.
         breaker = self._breaker
-        permit = breaker.admit()
-        if permit is None:
-            refusal = breaker.refusal()
-            if refusal is not None:
-                raise CircuitOpenError(*refusal)
-            # A probe closed the circuit since admit() refused: ask once more.
-            permit = breaker.admit()
-            if permit is None:
-                raise CircuitOpenError(0, 0.0, FailureCause.JETSTREAM_UNAVAILABLE)
+        permit = breaker.admit_or_refuse()
+        if not isinstance(permit, Permit):
+            raise CircuitOpenError(*permit)
+        now = time.monotonic()
+        deadline = now + timeout
         try:
             runner = self._current_runner()
             _refuse_reentrant_call(runner, "emit()")
@@ -585,11 +570,11 @@ class JetStreamEventSink:
             self._probes += 1
             # Everyone else fails fast until the probe's verdict: the sink's own
             # publish_timeout bounds it, whatever timeout its caller passed.
-            deadline = min(deadline, time.monotonic() + self._settings.publish_timeout)
+            deadline = min(deadline, now + self._settings.publish_timeout)
         request = kind(subject, payload, headers, deadline, permit)
         request.order = order
         try:
-            runner.submit(request, max(0.0, room_deadline - time.monotonic()))
+            runner.submit(request, max(0.0, now + room_timeout - time.monotonic()))
         except BaseException:
             breaker.release(permit)
             raise

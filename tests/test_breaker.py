@@ -12,6 +12,7 @@ from cellos_sink_jetstream import FailureCause
 from cellos_sink_jetstream._breaker import (
     CircuitBreaker,
     Connected,
+    Permit,
     Reconnecting,
     backoff_delay,
 )
@@ -370,20 +371,20 @@ def test_64_threads_racing_a_restored_connection_get_exactly_one_probe() -> None
         assert breaker.state.attempt == attempt + 1  # type: ignore[union-attr]
 
 
-def test_refusal_says_attempt_retry_after_and_cause_in_one_read() -> None:
+def test_admit_or_refuse_says_attempt_retry_after_and_cause_of_the_refusing_state() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(clock)
-    assert breaker.refusal() is None  # connected: nothing to refuse
-    permit = breaker.admit()
-    assert permit is not None
+    permit = breaker.admit_or_refuse()
+    assert isinstance(permit, Permit)
+    assert not permit.is_probe
     breaker.record_failure(permit, FailureCause.NO_STREAM)
     clock.advance(0.04)
-    assert breaker.admit() is None
-    refusal = breaker.refusal()
-    assert refusal == (0, pytest.approx(0.06), FailureCause.NO_STREAM)
+    assert breaker.admit_or_refuse() == (0, pytest.approx(0.06), FailureCause.NO_STREAM)
     clock.advance(0.07)
-    probe = breaker.admit()
-    assert probe is not None
-    assert breaker.refusal() == (0, 0.0, FailureCause.NO_STREAM)  # a probe is running
+    probe = breaker.admit_or_refuse()
+    assert isinstance(probe, Permit)
+    assert probe.is_probe
+    assert breaker.admit_or_refuse() == (0, 0.0, FailureCause.NO_STREAM)  # a probe is running
     breaker.record_failure(probe, FailureCause.CONNECTION_DOWN)
-    assert breaker.refusal() == (1, pytest.approx(0.2), FailureCause.CONNECTION_DOWN)
+    assert breaker.admit_or_refuse() == (1, pytest.approx(0.2), FailureCause.CONNECTION_DOWN)
+    assert breaker.rejections == 3
