@@ -48,6 +48,7 @@ class PublishRequest:
     __slots__ = (
         "ack_token",
         "attempts",
+        "caller_thread",
         "deadline",
         "deadline_slot",
         "headers",
@@ -75,6 +76,8 @@ class PublishRequest:
         self.deadline = deadline
         #: The breaker's permit for this publish, handed back to the outcome hook.
         self.permit = permit
+        #: ``threading.get_ident()`` of the thread that made it.
+        self.caller_thread = threading.get_ident()
         # The publisher's token for the ack awaited, and the sends made so far.
         self.ack_token = 0
         self.attempts = 0
