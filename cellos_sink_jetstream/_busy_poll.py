@@ -19,6 +19,11 @@ __all__ = ["BusyPollSelector"]
 
 #: One non-blocking poll takes 1-3 µs; one that took longer waited for the GIL.
 _CONTENDED_POLL_SECONDS = 50e-6
+#: Polls in a row that ran out with nothing to read (acks slower than the budget: a
+#: cluster's replication, a remote server) before busy_poll() requests are ignored ...
+_MISSES_BEFORE_RESTING = 3
+#: ... for this many of them; then it tries again.
+_REQUESTS_IGNORED_WHILE_RESTING = 100
 
 
 class BusyPollSelector(selectors.DefaultSelector):
@@ -27,12 +32,19 @@ class BusyPollSelector(selectors.DefaultSelector):
     def __init__(self) -> None:
         super().__init__()
         self._poll_until = 0.0
+        self._misses = 0
+        self._requests_to_ignore = 0
 
     def busy_poll(self, seconds: float) -> None:
         """Let the next blocking :meth:`select` poll for up to ``seconds`` before it blocks.
 
         Once: the select after that blocks at once again, unless this is called anew.
+        After a few polls in a row found nothing in time, the next requests are ignored:
+        polling would only burn the CPU where the answers come later than ``seconds``.
         """
+        if self._requests_to_ignore:
+            self._requests_to_ignore -= 1
+            return
         self._poll_until = time.monotonic() + seconds
 
     def select(self, timeout: Optional[float] = None) -> list[tuple[selectors.SelectorKey, int]]:
@@ -48,13 +60,23 @@ class BusyPollSelector(selectors.DefaultSelector):
         while True:
             ready = super().select(0)
             if ready:
+                self._misses = 0
                 return ready
             last, now = now, time.monotonic()
+            if now >= poll_until:
+                self._missed()
+                break
             if now >= give_up or now - last > _CONTENDED_POLL_SECONDS:
-                # A slow round: another thread had the GIL (or the CPU), so polling only
-                # takes turns at it with that thread: block instead.
+                # A timer is due, or a slow round: another thread had the GIL (or the
+                # CPU), so polling on would only take turns at it: block instead.
                 break
         if timeout is None:
             return super().select(None)
         left = started + timeout - now
         return super().select(left) if left > 0 else []
+
+    def _missed(self) -> None:
+        self._misses += 1
+        if self._misses >= _MISSES_BEFORE_RESTING:
+            self._misses = 0
+            self._requests_to_ignore = _REQUESTS_IGNORED_WHILE_RESTING

@@ -160,6 +160,35 @@ def test_a_slow_poll_round_stops_the_polling(
     assert len(spy.blocking) == 1
 
 
+def test_polls_that_keep_running_out_rest_for_a_while(
+    readable_pair: tuple[BusyPollSelector, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where acks come later than the polling time, polling only burns the CPU: after
+    # 3 polls in a row found nothing, the next 5 requests (100 by default) are ignored.
+    monkeypatch.setattr(_busy_poll, "_REQUESTS_IGNORED_WHILE_RESTING", 5)
+    monkeypatch.setattr(_busy_poll, "_CONTENDED_POLL_SECONDS", 60.0)  # every poll runs out
+    selector, writer = readable_pair
+    spy = SelectSpy(monkeypatch)
+
+    def polls_of_one_select(budget: float = 0.001) -> int:
+        before = spy.polls
+        selector.busy_poll(budget)
+        selector.select(0.05)
+        return spy.polls - before
+
+    assert [polls_of_one_select() > 0 for _ in range(3)] == [True] * 3
+    assert [polls_of_one_select() for _ in range(5)] == [0] * 5
+    assert polls_of_one_select() > 0  # trying again: a first miss
+    assert polls_of_one_select() > 0  # a second
+    writer.send(b"x")
+    assert polls_of_one_select() == 1  # found at once: the misses are forgotten
+    (key,) = selector.get_map().values()
+    assert key.fileobj.recv(1) == b"x"  # type: ignore[union-attr]
+    # Were the two misses remembered, the first of these would start a rest.
+    assert [polls_of_one_select() > 0 for _ in range(3)] == [True] * 3
+    assert polls_of_one_select() == 0  # three misses again: resting
+
+
 def test_a_lone_emit_from_one_thread_polls_for_its_ack_and_many_threads_do_not(
     stream: StagedStream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
