@@ -1463,14 +1463,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ways = by_feed[PRIMARY_FEED]
         raw_p50 = ways["raw_serial"]["p50_us"]
         extra = ways["emit_1t"]["p50_us"] - raw_p50
-        # Two thread hand-offs are under every blocking emit(): with none of its own work,
-        # emit() would still be this far above raw (1.5x on this VM when it is quiet).
-        least = ratio(raw_p50 + handoff["p50_us"], raw_p50)
+        # Two thread hand-offs are under every blocking emit(). What the sink saves on the
+        # ack (it polls for it instead of sleeping, see _busy_poll) can pay for some.
+        with_handoff = ratio(raw_p50 + handoff["p50_us"], raw_p50)
         print(
             f"emit() 1 thread p50 over raw serial p50 [{storage}, built]: {extra:+.0f} us; "
-            f"floor for any thread hand-off: +{handoff['p50_us']:.0f} us "
-            f"(an empty caller -> loop -> caller round trip), so emit_1t/raw_serial "
-            f">= {least:.2f} in this run"
+            f"the thread hand-off: +{handoff['p50_us']:.0f} us "
+            f"(an empty caller -> loop -> caller round trip), raw serial plus it "
+            f"= {with_handoff:.2f}x raw in this run"
         )
     print()
     print(f"targets (medians, events {FEED_BY_KEY[PRIMARY_FEED].label}):")
