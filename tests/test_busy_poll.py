@@ -24,7 +24,6 @@ class SelectSpy:
     def __init__(
         self,
         monkeypatch: pytest.MonkeyPatch,
-        slow_polls: bool = False,
         on_poll: Callable[[int], None] = lambda polls: None,
     ) -> None:
         self.timeouts: list[Optional[float]] = []
@@ -34,8 +33,6 @@ class SelectSpy:
             self.timeouts.append(timeout)
             if timeout == 0:
                 on_poll(self.polls)
-                if slow_polls:
-                    time.sleep(0.002)  # stands in for a wait on the GIL
             return stock(selector, timeout)
 
         monkeypatch.setattr(selectors.DefaultSelector, "select", select)
@@ -47,6 +44,18 @@ class SelectSpy:
     @property
     def blocking(self) -> list[Optional[float]]:
         return [timeout for timeout in self.timeouts if timeout != 0]
+
+
+class SteppingClock:
+    """Stands in for the ``time`` module: each ``monotonic()`` is ``step`` s after the last."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        self.now += self.step
+        return self.now
 
 
 @pytest.fixture
@@ -153,7 +162,9 @@ def test_a_slow_poll_round_stops_the_polling(
     # A round that took far longer than a poll waited for another thread (the GIL):
     # polling on would only take turns with that thread, so the selector blocks.
     selector, _writer = readable_pair
-    spy = SelectSpy(monkeypatch, slow_polls=True)
+    clock = SteppingClock(step=0.002)  # every round "took" 2 ms, as a wait for the GIL does
+    monkeypatch.setattr(_busy_poll, "time", clock)
+    spy = SelectSpy(monkeypatch)
     selector.busy_poll(10.0)
     assert selector.select(0.2) == []
     assert spy.polls == 1
