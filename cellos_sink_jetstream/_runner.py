@@ -25,6 +25,7 @@ import janus
 from ._breaker import backoff_delay
 from ._busy_poll import BusyPollSelector
 from ._errors import BackpressureError, ConnectError, SinkClosedError
+from ._loop_wake import LoopWaker
 from ._requests import OutcomeHook, PublishRequest
 from ._retry import DEFAULT_RETRY_BASE_DELAY, retry_async
 from ._seam import DeadlineClock, PipelinedPublisher, PubAck
@@ -134,6 +135,8 @@ class LoopRunner:
         # Set by the loop when _drain stopped at an empty queue, cleared by the callers
         # whose submit wakes it: the one flag both sides write (see _wake_consumer).
         self._consumer_idle = False
+        # How callers wake _drain: without giving up the GIL where it can (see _loop_wake).
+        self._waker = LoopWaker(self._drain)
         # One write-out of the connection's buffer per loop turn after acks (see _drain).
         self._flush_scheduled = False
         # The last write failed for good: the next failing one is not retried.
@@ -241,10 +244,7 @@ class LoopRunner:
         # Called after the put: if the consumer announced idleness before our item landed,
         # it re-checks the queue and finds it; if after, it sees this wake-up.
         self._consumer_idle = False
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nothing to wake
-                loop.call_soon_threadsafe(self._drain)
+        self._waker.wake()
 
     @property
     def stopping(self) -> bool:
@@ -319,6 +319,7 @@ class LoopRunner:
         self._selector = BusyPollSelector()
         loop = asyncio.SelectorEventLoop(self._selector)
         self._loop = loop
+        self._waker.attach(loop)
         if self._clock is None:
             self._clock = loop
         try:
@@ -339,6 +340,7 @@ class LoopRunner:
                     _cancel_leftover_tasks(loop)
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
+                self._waker.detach()
                 loop.close()
                 # Nothing can settle any more: no wait_settled() may wait for it.
                 with self._settled_changed:
