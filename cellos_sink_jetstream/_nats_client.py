@@ -248,13 +248,18 @@ class SinkClient(Client):
         sink connects with ``pending_size=0`` anyway), so a publish then raises
         ``OutboundBufferLimitError`` at once.
         """
-        header_block = encode_header_block(headers)
-        if self.is_closed:
-            raise nats.errors.ConnectionClosedError
-        if self.is_draining_pubs:
-            raise nats.errors.ConnectionDrainingError
-        if not self.is_connected:
-            raise nats.errors.OutboundBufferLimitError
+        header_block = getattr(headers, "wire", None)  # pre-encoded by the sink
+        if type(header_block) is not bytes:
+            header_block = encode_header_block(headers)
+        # nats-py's three status properties, read once: they are a Python call each, on
+        # the loop thread, for every event.
+        if self._status != Client.CONNECTED:
+            if self.is_closed:
+                raise nats.errors.ConnectionClosedError
+            if self.is_draining_pubs:
+                raise nats.errors.ConnectionDrainingError
+            if not self.is_connected:
+                raise nats.errors.OutboundBufferLimitError
         payload_size = len(payload)
         if payload_size > self._max_payload:
             raise nats.errors.MaxPayloadError
@@ -386,6 +391,7 @@ def _shape_of_nats_py() -> Optional[str]:
             return name
     client = Client()
     attributes: list[tuple[str, Union[type, tuple[type, ...]]]] = [
+        ("_status", int),
         ("_pending", list),
         ("_pending_data_size", int),
         ("_max_payload", int),

@@ -121,6 +121,7 @@ class NatsPublisher:
         self._reply_prefix = reply_prefix
         self._reply_prefix_size = len(reply_prefix.encode())
         self._expected_stream = expected_stream
+        self._expected_bytes = b"" if expected_stream is None else expected_stream.encode()
         # Reply token -> (receiver, subject): the subject only for error messages.
         self._pending: dict[int, tuple[Any, str]] = {}
         self._tokens = itertools.count()
@@ -490,6 +491,12 @@ class NatsPublisher:
                 f"no JetStream stream captures subject {subject!r} (no responders); the "
                 f"operator must create a stream whose subjects include it"
             )
+        expected = self._expected_stream
+        match = _PLAIN_ACK.fullmatch(data)
+        if match is not None and expected is not None and match[1] == self._expected_bytes:
+            # The usual ack, read without a call more: the plain form, from the expected
+            # stream (so no name to decode and compare).
+            return PubAck(expected, int(match[2]), match[3] is not None)
         plain = _read_plain_ack(data)
         if plain is not None:
             stream, seq, duplicate = plain

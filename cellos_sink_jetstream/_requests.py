@@ -135,8 +135,16 @@ class BlockingRequest(PublishRequest):
 
     __slots__ = ("_ack", "_done", "_error", "_unclaimed", "given_up_unsent")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # as PublishRequest
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        deadline: float,
+        permit: Permit,
+    ) -> None:
+        # The arguments spelt out, not forwarded as *args: one of these per emit().
+        super().__init__(subject, payload, headers, deadline, permit)
         self._done = threading.Lock()
         self._done.acquire()
         # One token, popped by whoever comes first: the loop about to send, or the caller

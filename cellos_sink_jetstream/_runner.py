@@ -113,6 +113,9 @@ class LoopRunner:
         self._retry_attempts = retry_attempts
         self._on_outcome = on_outcome
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        #: The background thread's ident (``None`` before it ran). An attribute, not a
+        #: property: every emit() reads it, to refuse a call from that very thread.
+        self.thread_ident: Optional[int] = None
         self._ready = threading.Event()
         self._startup_error: Optional[BaseException] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -121,6 +124,8 @@ class LoopRunner:
         self._last_caller_thread = 0
         # Times ack deadlines and slot timeouts: the loop once it exists, unless injected.
         self._clock: Optional[DeadlineClock] = deadline_clock
+        # Whether that clock is time.monotonic() itself, as request deadlines are.
+        self._deadlines_on_loop_time = False
         self._queue: Optional[janus.Queue[PublishRequest]] = None
         self._publisher: Optional[PipelinedPublisher] = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,11 +173,6 @@ class LoopRunner:
         self._lowest_flush_target = math.inf
 
     # -- caller side -------------------------------------------------------------------
-
-    @property
-    def thread_ident(self) -> Optional[int]:
-        """The background thread's ident (``None`` before it started)."""
-        return self._thread.ident
 
     @property
     def publisher(self) -> Optional[PipelinedPublisher]:
@@ -225,7 +225,12 @@ class LoopRunner:
         queue = self._queue
         if queue is None or self._stopping:
             raise SinkClosedError("the sink is closed; create a new sink to emit events")
-        request.deadline = _sane_deadline(request.deadline)
+        # The sink checks every timeout; this keeps any other value (NaN, infinity, a far
+        # future) from reaching the loop's timers and deadline arithmetic, where it would
+        # raise.
+        latest = time.monotonic() + MAX_TIMEOUT_SECONDS
+        if not request.deadline <= latest:  # NaN too
+            request.deadline = latest
         try:
             queue.sync_q.put(request, timeout=timeout)
             with self._count_lock:
@@ -316,12 +321,14 @@ class LoopRunner:
     # -- loop side -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        self.thread_ident = threading.get_ident()
         self._selector = BusyPollSelector()
         loop = asyncio.SelectorEventLoop(self._selector)
         self._loop = loop
         self._waker.attach(loop)
         if self._clock is None:
             self._clock = loop
+            self._deadlines_on_loop_time = type(loop).time is asyncio.BaseEventLoop.time
         try:
             loop.run_until_complete(self._main())
         except BaseException as exc:  # the thread must never die silently
@@ -458,12 +465,13 @@ class LoopRunner:
                     request = async_q.get_nowait()
                 except janus.AsyncQueueEmpty:
                     self._consumer_idle = True
-                    try:
-                        # What landed before the callers could see that we were idle.
-                        request = async_q.get_nowait()
-                    except janus.AsyncQueueEmpty:
+                    # What landed before the callers could see that we were idle. Only
+                    # this thread takes from the queue: a size is as good as a second
+                    # get_nowait(), without raising again.
+                    if not async_q.qsize():
                         return
                     self._consumer_idle = False
+                    request = async_q.get_nowait()
                 request.seq = self._taken
                 self._taken += 1
                 try:
@@ -592,11 +600,15 @@ class LoopRunner:
         # Deadlines are rounded up to the next slot of _DEADLINE_SLOT_SECONDS and share
         # that slot's timer: an ack is given up at most one slot late, and a publish costs
         # a set entry rather than a timer of its own.
-        # request.deadline is on time.monotonic(); the timers run on the deadline clock
-        # (the loop's, which asyncio does not promise to be the same one, or a test's).
+        # request.deadline is on time.monotonic(); the timers run on the deadline clock:
+        # the loop's (asyncio's own time() reads time.monotonic(), but a subclass may
+        # not), or a test's.
         clock = self._clock_or_fail()
-        remaining = request.deadline - time.monotonic()
-        slot = request.deadline_slot = _deadline_slot(clock.time() + remaining)
+        if self._deadlines_on_loop_time:
+            when = request.deadline
+        else:
+            when = clock.time() + request.deadline - time.monotonic()
+        slot = request.deadline_slot = math.ceil(when / _DEADLINE_SLOT_SECONDS)
         watched = self._deadline_slots.get(slot)
         if watched is None:
             watched = self._deadline_slots[slot] = set()
@@ -618,7 +630,7 @@ class LoopRunner:
         if watched is not None:
             watched.discard(request)
         if error is None:
-            self._finish(request, result=ack)
+            self._finish(request, ack)
         else:
             self._after_failure(request, error)
 
@@ -667,7 +679,7 @@ class LoopRunner:
             request.holds_slot = False
             self._in_flight -= 1
         self._settle(request, result, error)
-        if held:
+        if held and self._drain_state is _WAITING_FOR_ROOM:
             self._drain_into_freed_slot()
 
     def _free_slot(self, request: PublishRequest) -> None:
@@ -783,17 +795,6 @@ def _break_order(request: PublishRequest) -> None:
     # The request is not sent: nothing of its ordered group queued behind it may be.
     if request.order is not None:
         request.order.broken = True
-
-
-def _sane_deadline(deadline: float) -> float:
-    # The sink checks every timeout; this keeps any other value (NaN, infinity, a far
-    # future) from reaching the loop's timers and deadline arithmetic, where it would raise.
-    latest = time.monotonic() + MAX_TIMEOUT_SECONDS
-    return deadline if deadline <= latest else latest
-
-
-def _deadline_slot(deadline: float) -> int:
-    return math.ceil(deadline / _DEADLINE_SLOT_SECONDS)
 
 
 def _not_connected(subject: str, payload: bytes, headers: Mapping[str, str], receiver: Any) -> int:

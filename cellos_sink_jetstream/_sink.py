@@ -555,7 +555,7 @@ class JetStreamEventSink:
         now = time.monotonic()
         deadline = now + timeout
         try:
-            runner = self._current_runner()
+            runner = self._runner or self._current_runner()
             _refuse_reentrant_call(runner, "emit()")
             if isinstance(event, _Encoded):
                 subject, payload = event.subject, event.payload
@@ -616,7 +616,8 @@ class JetStreamEventSink:
             self._published += 1
             if ack.duplicate:
                 self._duplicates += 1
-            self._breaker.record_success(permit)
+            if permit.is_probe:  # nothing else changes the breaker: no call per event
+                self._breaker.record_success(permit)
         elif isinstance(error, MessageRejectedError):
             # JetStream refused this message only. Its answer proves NATS is up: as a probe's
             # outcome it closes the circuit; otherwise it moves nothing.

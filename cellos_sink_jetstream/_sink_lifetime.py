@@ -22,7 +22,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Callable
 
-from typing_extensions import ParamSpec
+from typing_extensions import TypeVarTuple, Unpack
 
 if TYPE_CHECKING:
     from ._runner import LoopRunner
@@ -50,21 +50,25 @@ LIVE_SINKS: weakref.WeakSet[JetStreamEventSink] = weakref.WeakSet()
 # locks that belong to a thread which does not exist in the child.
 ABANDONED_RUNNERS: list[LoopRunner] = []
 
-_P = ParamSpec("_P")
+_Args = TypeVarTuple("_Args")
 
 
-def weakly(method: Callable[_P, None]) -> Callable[_P, None]:
+def weakly(method: Callable[[Unpack[_Args]], None]) -> Callable[[Unpack[_Args]], None]:
     """``method`` (bound) as a callback that holds its object weakly: a no-op once it is gone.
 
     What the loop thread calls back into the sink goes through this, so that the loop
     never keeps a sink alive that its owner dropped.
     """
-    ref = weakref.WeakMethod(method)
+    # A plain reference to the object and the function, positional arguments only: the
+    # outcome hook runs once per event on the loop thread, where a WeakMethod (Python
+    # code) and a keyword dict per call cost more than the hook itself.
+    ref = weakref.ref(method.__self__)  # type: ignore[attr-defined]
+    function = method.__func__  # type: ignore[attr-defined]
 
-    def call(*args: _P.args, **kwargs: _P.kwargs) -> None:
-        bound = ref()
-        if bound is not None:
-            bound(*args, **kwargs)
+    def call(*args: Unpack[_Args]) -> None:
+        owner = ref()
+        if owner is not None:
+            function(owner, *args)
 
     return call
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable, cast
 
@@ -32,6 +34,7 @@ from cellos_sink_jetstream import (
     SinkClosedError,
 )
 from cellos_sink_jetstream._requests import BlockingRequest
+from cellos_sink_jetstream._sink_lifetime import weakly
 from tests._polling import wait_until
 from tests.fakes import FakeClock, GatedPublisher, InstantPublisher, SimplePublisher
 
@@ -800,3 +803,25 @@ def test_a_clock_or_callback_that_cannot_work_is_a_config_error(
     # logged as "raised" at every transition.
     with pytest.raises(ConfigError, match=name):
         JetStreamEventSink.from_publisher(InstantPublisher(), "cellos.events.x", **options)
+
+
+def test_weakly_passes_the_arguments_on_and_never_keeps_its_object_alive() -> None:
+    # The loop thread calls back into the sink through weakly(): a sink its owner dropped
+    # must be collectable, and the callback then does nothing.
+    class Owner:
+        def __init__(self) -> None:
+            self.calls: list[tuple[object, ...]] = []
+
+        def record(self, number: int, text: str, nothing: None) -> None:
+            self.calls.append((number, text, nothing))
+
+    owner = Owner()
+    callback = weakly(owner.record)
+    callback(1, "two", None)
+    calls, gone = owner.calls, weakref.ref(owner)
+    assert calls == [(1, "two", None)]
+    del owner
+    gc.collect()
+    assert gone() is None, "the callback kept its object alive"
+    callback(3, "four", None)
+    assert calls == [(1, "two", None)]
