@@ -251,15 +251,10 @@ class SinkClient(Client):
         header_block = getattr(headers, "wire", None)  # pre-encoded by the sink
         if type(header_block) is not bytes:
             header_block = encode_header_block(headers)
-        # nats-py's three status properties, read once: they are a Python call each, on
-        # the loop thread, for every event.
+        # One read of nats-py's status rather than its three properties, a Python call
+        # each, on the loop thread, for every event; they tell the other states apart.
         if self._status != Client.CONNECTED:
-            if self.is_closed:
-                raise nats.errors.ConnectionClosedError
-            if self.is_draining_pubs:
-                raise nats.errors.ConnectionDrainingError
-            if not self.is_connected:
-                raise nats.errors.OutboundBufferLimitError
+            _refuse_unless_connected(self)
         payload_size = len(payload)
         if payload_size > self._max_payload:
             raise nats.errors.MaxPayloadError
@@ -499,12 +494,7 @@ class PublicApiClient(Client):
     ) -> None:
         """Queue the message for the writer task, raising what ``publish()`` would at once."""
         encode_header_block(headers)  # the same ValueError as on the fast path
-        if self.is_closed:
-            raise nats.errors.ConnectionClosedError
-        if self.is_draining_pubs:
-            raise nats.errors.ConnectionDrainingError
-        if not self.is_connected:
-            raise nats.errors.OutboundBufferLimitError
+        _refuse_unless_connected(self)
         if len(payload) > self.max_payload:
             raise nats.errors.MaxPayloadError
         self._cellos_outbox.append((subject, reply, payload, dict(headers)))
@@ -523,6 +513,16 @@ class PublicApiClient(Client):
                     await self.publish(subject, payload, reply=reply, headers=headers)
                 except Exception as exc:
                     self._cellos_on_write_error(reply, exc)
+
+
+def _refuse_unless_connected(client: Client) -> None:
+    """Raise what nats-py's ``publish()`` raises when the client cannot send now."""
+    if client.is_closed:
+        raise nats.errors.ConnectionClosedError
+    if client.is_draining_pubs:
+        raise nats.errors.ConnectionDrainingError
+    if not client.is_connected:
+        raise nats.errors.OutboundBufferLimitError
 
 
 #: What :func:`new_client` returns.

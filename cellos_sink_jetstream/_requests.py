@@ -12,7 +12,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from ._breaker import Permit
 from ._errors import SinkClosedError
@@ -93,6 +93,12 @@ class PublishRequest:
         self.holds_slot = False
         #: Set for requests that must be sent as a prefix of their queue order (replay).
         self.order: Optional[SendOrder] = None
+        self._set_up_waiting()
+
+    def _set_up_waiting(self) -> None:
+        """Make what the caller waits on: the subclasses do."""
+        # A hook, not an __init__ of theirs: forwarding the arguments to this one would
+        # cost every emit() a tuple and a dict.
 
     def claim(self) -> bool:
         """Called once, just before sending: ``False`` when the caller already gave up."""
@@ -108,8 +114,7 @@ class FutureRequest(PublishRequest):
 
     __slots__ = ("future",)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # as PublishRequest
-        super().__init__(*args, **kwargs)
+    def _set_up_waiting(self) -> None:
         self.future: concurrent.futures.Future[PubAck] = make_future()
 
     def claim(self) -> bool:
@@ -135,16 +140,7 @@ class BlockingRequest(PublishRequest):
 
     __slots__ = ("_ack", "_done", "_error", "_unclaimed", "given_up_unsent")
 
-    def __init__(
-        self,
-        subject: str,
-        payload: bytes,
-        headers: Mapping[str, str],
-        deadline: float,
-        permit: Permit,
-    ) -> None:
-        # The arguments spelt out, not forwarded as *args: one of these per emit().
-        super().__init__(subject, payload, headers, deadline, permit)
+    def _set_up_waiting(self) -> None:
         self._done = threading.Lock()
         self._done.acquire()
         # One token, popped by whoever comes first: the loop about to send, or the caller
