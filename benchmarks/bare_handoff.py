@@ -9,7 +9,7 @@ appends ``(subject, payload, headers, lock)`` to a deque, wakes the loop and wai
 lock; the loop sends what the deque holds and releases each lock from the ack.
 
 Interleaved with ``emit_8t`` and ``raw_8`` of ``bench.py``, medians of the repeats (spread
-in brackets)::
+in parentheses)::
 
     .venv/bin/python benchmarks/bare_handoff.py --feed created --repeats 8
 """
