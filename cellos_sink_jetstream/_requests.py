@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections.abc import Mapping
 from typing import Callable, Optional
 
@@ -168,12 +169,12 @@ class BlockingRequest(PublishRequest):
         (:attr:`given_up_unsent`). One already sent gets ``grace`` more seconds for the
         loop to report its outcome (its deadline timer fires on a 50 ms slot).
         """
-        if self._done.acquire(timeout=timeout):
+        if _acquire_in_slices(self._done, timeout):
             return True
         try:
             self.given_up_unsent = self._unclaimed.pop()
         except IndexError:  # sent, or being sent: its outcome is on the way
-            return self._done.acquire(timeout=grace)
+            return _acquire_in_slices(self._done, grace)
         return False
 
     def outcome(self) -> PubAck:
@@ -183,3 +184,26 @@ class BlockingRequest(PublishRequest):
         if self._ack is None:
             raise SinkClosedError("the publish was given up before it was sent")
         return self._ack
+
+
+#: Longest single sleep of a blocked emit() on its lock (see _acquire_in_slices).
+_WAIT_SLICE_SECONDS = 0.25
+
+
+def _acquire_in_slices(lock: threading.Lock, timeout: float) -> bool:
+    """``lock.acquire(timeout=timeout)``, asleep for at most a slice at a time.
+
+    A Ctrl-C whose signal lands on another thread, or on this one just before it goes to
+    sleep on the lock (seen with CPython 3.13), interrupts nothing: the interpreter only
+    raises KeyboardInterrupt once this thread runs Python code again. Waking at the end
+    of each slice bounds that delay to the slice, not the whole publish timeout.
+    """
+    if lock.acquire(timeout=min(timeout, _WAIT_SLICE_SECONDS)):
+        return True
+    deadline = time.monotonic() + timeout - _WAIT_SLICE_SECONDS
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if lock.acquire(timeout=min(remaining, _WAIT_SLICE_SECONDS)):
+            return True

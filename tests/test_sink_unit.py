@@ -6,6 +6,8 @@ import concurrent.futures
 import gc
 import logging
 import re
+import signal
+import sys
 import threading
 import time
 import weakref
@@ -825,3 +827,36 @@ def test_weakly_passes_the_arguments_on_and_never_keeps_its_object_alive() -> No
     assert gone() is None, "the callback kept its object alive"
     callback(3, "four", None)
     assert calls == [(1, "two", None)]
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill (POSIX)")
+def test_a_ctrl_c_that_lands_on_another_thread_ends_a_blocked_emit_at_once() -> None:
+    # The kernel may hand SIGINT to any thread (or to this one just before it sleeps on
+    # its lock); Python raises KeyboardInterrupt only once the main thread runs Python code
+    # again. A blocked emit() must not sleep through it for its whole publish timeout.
+    publisher = GatedPublisher()
+    main = threading.get_ident()
+    sent: list[Any] = []
+
+    def waiting_for_the_ack() -> bool:
+        frame = sys._current_frames().get(main)
+        return frame is not None and frame.f_code.co_filename.endswith("_requests.py")
+
+    def interrupt_the_blocked_emit() -> None:
+        sent.append(publisher.next_call())
+        wait_until(waiting_for_the_ack, 5, "emit() never waited for its ack")
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # not the main thread
+
+    with JetStreamEventSink.from_publisher(
+        publisher, "a.b", publish_timeout=20.0, retry_attempts=1
+    ) as sink:
+        helper = threading.Thread(target=interrupt_the_blocked_emit)
+        helper.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            sink.emit(make_event(1))
+        elapsed = time.monotonic() - started
+        helper.join()
+        sent[0].ack(seq=1)  # the abandoned event settles; close() has nothing to wait for
+        assert sink.flush(5)
+    assert elapsed < 5, f"emit() slept {elapsed:.1f}s through the Ctrl-C"
