@@ -491,13 +491,7 @@ class NatsPublisher:
                 f"no JetStream stream captures subject {subject!r} (no responders); the "
                 f"operator must create a stream whose subjects include it"
             )
-        expected = self._expected_stream
-        match = _PLAIN_ACK.fullmatch(data)
-        if match is not None and expected is not None and match[1] == self._expected_bytes:
-            # The usual ack, read without a call more: the plain form, from the expected
-            # stream (so no name to decode and compare).
-            return PubAck(expected, int(match[2]), match[3] is not None)
-        plain = _read_plain_ack(data)
+        plain = _read_plain_ack(data, self._expected_stream, self._expected_bytes)
         if plain is not None:
             stream, seq, duplicate = plain
         else:
@@ -682,15 +676,21 @@ async def _connect_unless_refused(
     attempt.result()
 
 
-def _read_plain_ack(data: bytes) -> Optional[tuple[str, int, bool]]:
+def _read_plain_ack(
+    data: bytes, expected: Optional[str] = None, expected_bytes: bytes = b""
+) -> Optional[tuple[str, int, bool]]:
     """``(stream, seq, duplicate)`` of an ack in nats-server's own plain form, else ``None``.
 
     ``None`` sends the reply through ``json.loads``, which reads every form (and refuses
     what is no ack); for the plain form both give the same answer (tests/test_publisher_ack.py).
+    ``expected`` (the configured stream, ``expected_bytes`` its encoding): an ack from
+    it, nearly every one, is read without decoding the name.
     """
     match = _PLAIN_ACK.fullmatch(data)
     if match is None:
         return None
+    if expected is not None and match[1] == expected_bytes:
+        return expected, int(match[2]), match[3] is not None
     try:
         stream = match[1].decode()
     except UnicodeDecodeError:

@@ -97,20 +97,29 @@ def test_generated_replies_read_the_same_both_ways() -> None:
     assert taken > 200, "the shortcut must read the common forms"
 
 
+@pytest.mark.parametrize("configured", [False, True], ids=["no-stream", "stream"])
 def test_a_real_servers_acks_take_the_shortcut(
-    stream: StagedStream, monkeypatch: pytest.MonkeyPatch
+    stream: StagedStream, monkeypatch: pytest.MonkeyPatch, configured: bool
 ) -> None:
     read: list[Any] = []
 
-    def spy(data: bytes) -> Optional[tuple[str, int, bool]]:
-        result = _read_plain_ack(data)
+    def spy(data: bytes, *expected: Any) -> Optional[tuple[str, int, bool]]:
+        result = _read_plain_ack(data, *expected)
         read.append(result)
         return result
 
     monkeypatch.setattr(_publisher, "_read_plain_ack", spy)
     event = CloudEventV1(id="ack-1", source="/supervisor", type="cell.lifecycle")
-    with JetStreamEventSink.connect(stream.url, stream.subject("ack")) as sink:
+    expected = stream.name if configured else None  # with it, the name is not decoded
+    with JetStreamEventSink.connect(stream.url, stream.subject("ack"), stream=expected) as sink:
         first = sink.publish(event)
         again = sink.publish(event)
     assert (first.stream, first.duplicate, again.duplicate) == (stream.name, False, True)
     assert read == [(stream.name, first.seq, False), (stream.name, first.seq, True)]
+
+
+def test_an_ack_from_another_stream_than_the_expected_one_is_read_as_it_is() -> None:
+    # The expected stream's name is compared as bytes, not decoded; any other is decoded,
+    # so that the publisher can report the mismatch with its name.
+    assert _read_plain_ack(b'{"stream":"S","seq":5}', "S", b"S") == ("S", 5, False)
+    assert _read_plain_ack(b'{"stream":"T","seq":5}', "S", b"S") == ("T", 5, False)

@@ -829,7 +829,6 @@ def test_weakly_passes_the_arguments_on_and_never_keeps_its_object_alive() -> No
     assert calls == [(1, "two", None)]
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill (POSIX)")
 def test_a_ctrl_c_that_lands_on_another_thread_ends_a_blocked_emit_at_once() -> None:
     # The kernel may hand SIGINT to any thread (or to this one just before it sleeps on
     # its lock); Python raises KeyboardInterrupt only once the main thread runs Python code
