@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 
 from ._errors import ConnectError
 from ._headers import encode_header_block
-from ._reply_parser import DirectReplyParser
+from ._reply_parser import DirectHandler, DirectReplyParser
 
 __all__ = [
     "CAN_SKIP_SUBJECT_VALIDATION",
@@ -64,7 +64,7 @@ CAN_SKIP_SUBJECT_VALIDATION = (
 
 #: Takes one message of a direct subscription: its subject, its payload, and the status
 #: code NATS put in its header line (``"503"`` for no responders), if any.
-ReplyHandler = Callable[[bytes, bytes, Optional[str]], None]
+ReplyHandler = DirectHandler
 
 
 def _inline_status(headers: Optional[bytes]) -> Optional[str]:
@@ -103,7 +103,7 @@ class SinkClient(Client):
         self._cellos_handlers: dict[int, ReplyHandler] = {}
         # Set when close() starts: from then on no reconnect may finish (see close()).
         self._cellos_closing = False
-        self._ps = DirectReplyParser(self, self._cellos_handlers, self._cellos_receive)
+        self._ps = DirectReplyParser(self, self._cellos_handlers, self._cellos_count_in)
 
     async def subscribe_direct(self, subject: str, handler: ReplyHandler) -> None:
         """Subscribe; each message goes to ``handler(subject, data, status)`` at once.
@@ -122,18 +122,17 @@ class SinkClient(Client):
         if handler is None:
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
             return
-        self._cellos_receive(handler, subject, data, _inline_status(headers))
-
-    def _cellos_receive(
-        self, handler: ReplyHandler, subject: bytes, data: bytes, status: Optional[str] = None
-    ) -> None:
-        # Both parsers deliver a direct subscription's messages here.
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(data)
+        # A message the direct parser left to nats-py's (one with headers: a status).
+        self._cellos_count_in(1, len(data))
         try:
-            handler(subject, data, status)
+            handler(subject, data, _inline_status(headers))
         except Exception:  # raised into the parser, it would drop the connection
             logger.exception("handling a reply from NATS failed; ignored")
+
+    def _cellos_count_in(self, messages: int, payload_bytes: int) -> None:
+        # nats-py's own counts, which its parser keeps for the messages it delivers.
+        self.stats["in_msgs"] += messages
+        self.stats["in_bytes"] += payload_bytes
 
     async def close(self) -> None:
         """Close, and make it stick when a reconnect was under way.

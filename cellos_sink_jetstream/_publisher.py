@@ -353,6 +353,27 @@ class NatsPublisher:
         if pending is None:
             return  # a late reply to a publish that was forgotten
         receiver, subject = pending
+        if status is None:
+            # Nearly every reply: the configured stream's ack in nats-server's plain form,
+            # read here without a call per step (the loop thread reads one per event).
+            match = _PLAIN_ACK.fullmatch(data)
+            if match is not None and match[1] == self._expected_bytes:
+                ack = _new_object(PubAck)
+                # Frozen: its fields set as the dataclass's __init__ does, without its frame.
+                _set_attribute(
+                    ack,
+                    "__dict__",
+                    {
+                        "stream": self._expected_stream,
+                        "seq": int(match[2]),
+                        "duplicate": match[3] is not None,
+                    },
+                )
+                if isinstance(receiver, asyncio.Future):
+                    self._deliver(receiver, ack, None)
+                else:
+                    self._listener(receiver, ack, None)
+                return
         try:
             ack = self._parse_ack(subject, data, status)
         except PublishError as exc:
@@ -491,7 +512,7 @@ class NatsPublisher:
                 f"no JetStream stream captures subject {subject!r} (no responders); the "
                 f"operator must create a stream whose subjects include it"
             )
-        plain = _read_plain_ack(data, self._expected_stream, self._expected_bytes)
+        plain = _read_plain_ack(data)
         if plain is not None:
             stream, seq, duplicate = plain
         else:
@@ -676,23 +697,23 @@ async def _connect_unless_refused(
     attempt.result()
 
 
-def _read_plain_ack(
-    data: bytes, expected: Optional[str] = None, expected_bytes: bytes = b""
-) -> Optional[tuple[str, int, bool]]:
+def _read_plain_ack(data: bytes) -> Optional[tuple[str, int, bool]]:
     """``(stream, seq, duplicate)`` of an ack in nats-server's own plain form, else ``None``.
 
     ``None`` sends the reply through ``json.loads``, which reads every form (and refuses
     what is no ack); for the plain form both give the same answer (tests/test_publisher_ack.py).
-    ``expected`` (the configured stream, ``expected_bytes`` its encoding): an ack from
-    it, nearly every one, is read without decoding the name.
+    ``NatsPublisher._on_reply`` reads an ack of the configured stream, nearly every one,
+    with the same expression before it gets here.
     """
     match = _PLAIN_ACK.fullmatch(data)
     if match is None:
         return None
-    if expected is not None and match[1] == expected_bytes:
-        return expected, int(match[2]), match[3] is not None
     try:
         stream = match[1].decode()
     except UnicodeDecodeError:
         return None
     return stream, int(match[2]), match[3] is not None
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__

@@ -14,16 +14,22 @@ every other byte exactly as it would have, in order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
-__all__ = ["DirectReplyParser", "Receive"]
+__all__ = ["Delivered", "DirectHandler", "DirectReplyParser"]
 
-#: Delivers one message of a direct subscription: ``receive(handler, subject, payload)``,
-#: with the handler the client registered for its sid.
-Receive = Callable[[Any, bytes, bytes], None]
+logger = logging.getLogger("cellos_sink_jetstream")
+
+#: What a direct subscription's messages go to: ``handler(subject, payload, status)``, with
+#: ``status`` ``None`` (the frames this parser takes carry no headers).
+DirectHandler = Callable[[bytes, bytes, Optional[str]], None]
+
+#: Told, once per read, how many messages and payload bytes the parser delivered itself.
+Delivered = Callable[[int, int], None]
 
 _MSG = b"MSG "
 _CRLF = b"\r\n"
@@ -36,12 +42,17 @@ _MOST_BYTES_KEPT = 64 * 1024
 class DirectReplyParser(Parser):
     """nats-py's parser, reading the frames of direct subscriptions itself (see the module)."""
 
-    def __init__(self, nc: Any, handlers: Mapping[int, object], receive: Receive) -> None:
-        """Parse for ``nc``; messages of a sid in ``handlers`` go to ``receive``."""
+    def __init__(
+        self, nc: Any, handlers: Mapping[int, DirectHandler], delivered: Delivered
+    ) -> None:
+        """Parse for ``nc``; messages of a sid in ``handlers`` go to its handler.
+
+        ``delivered(messages, payload_bytes)`` hears, after each read, what went there.
+        """
         super().__init__(nc)
         # Shared with the client, which adds a handler per direct subscription.
         self._handlers = handlers
-        self._receive = receive
+        self._delivered = delivered
 
     async def parse(self, data: bytes = b"") -> None:
         """Take the frames of ``data`` (after what an earlier call left unfinished)."""
@@ -69,29 +80,39 @@ class DirectReplyParser(Parser):
         Returns where the first frame not delivered starts, and whether that frame is one
         this parser would take once the rest of it has arrived.
         """
-        handlers, receive = self._handlers, self._receive
+        handlers = self._handlers
         position, size = 0, len(data)
-        while position < size:
-            if not data.startswith(_MSG, position):
-                return position, False
-            line_end = data.find(_CRLF, position)
-            if line_end < 0:
-                return position, True
-            fields = data[position + len(_MSG) : line_end].split(b" ")
-            if len(fields) != 3:  # a reply subject, or not single spaces: nats-py's
-                return position, False
-            subject, sid, length = fields
-            if not (sid.isdigit() and length.isdigit()):
-                return position, False
-            handler = handlers.get(int(sid))
-            if handler is None:
-                return position, False
-            start = line_end + len(_CRLF)
-            end = start + int(length)
-            if end + len(_CRLF) > size:
-                return position, True
-            if data[end : end + len(_CRLF)] != _CRLF:
-                return position, False
-            receive(handler, subject, data[start:end])
-            position = end + len(_CRLF)
-        return position, False
+        messages = payload_bytes = 0
+        try:
+            while position < size:
+                if not data.startswith(_MSG, position):
+                    return position, False
+                line_end = data.find(_CRLF, position)
+                if line_end < 0:
+                    return position, True
+                fields = data[position + len(_MSG) : line_end].split(b" ")
+                if len(fields) != 3:  # a reply subject, or not single spaces: nats-py's
+                    return position, False
+                subject, sid, length = fields
+                if not (sid.isdigit() and length.isdigit()):
+                    return position, False
+                handler = handlers.get(int(sid))
+                if handler is None:
+                    return position, False
+                start = line_end + len(_CRLF)
+                end = start + int(length)
+                if end + len(_CRLF) > size:
+                    return position, True
+                if data[end : end + len(_CRLF)] != _CRLF:
+                    return position, False
+                try:
+                    handler(subject, data[start:end], None)
+                except Exception:  # raised into the parser, it would drop the connection
+                    logger.exception("handling a reply from NATS failed; ignored")
+                messages += 1
+                payload_bytes += end - start
+                position = end + len(_CRLF)
+            return position, False
+        finally:
+            if messages:
+                self._delivered(messages, payload_bytes)

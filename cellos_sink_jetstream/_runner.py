@@ -494,7 +494,7 @@ class LoopRunner:
 
     def _fail_unexpectedly(self, request: PublishRequest, exc: BaseException) -> None:
         # Before it counted as in flight (_dispatch finishes those itself).
-        self._settle(request, error=internal_error(exc))
+        self._finish(request, error=internal_error(exc))
 
     def _flush_scheduled_writes(self) -> None:
         self._flush_scheduled = False
@@ -503,15 +503,15 @@ class LoopRunner:
     def _dispatch(self, request: PublishRequest) -> bool:
         """Send one request; ``False`` when the queue must wait for its retries."""
         if self._stopping:
-            self._settle(request, error=SinkClosedError("the sink closed before sending"))
+            self._finish(request, error=SinkClosedError("the sink closed before sending"))
             return True
         if not request.claim():
             _break_order(request)
-            self._settle(request)  # the caller gave up while it waited in the queue
+            self._finish(request)  # the caller gave up while it waited in the queue
             return True
         order = request.order
         if order is not None and order.broken:
-            self._settle(request, error=behind_an_unsent_one())
+            self._finish(request, error=behind_an_unsent_one())
             return True
         self._in_flight += 1
         request.holds_slot = True
@@ -525,43 +525,39 @@ class LoopRunner:
             if selector is not None:
                 selector.busy_poll(_ACK_BUSY_POLL_SECONDS)
         try:
-            return self._send(request)
+            timeout = request.deadline - time.monotonic()
+            if timeout <= 0:
+                _break_order(request)
+                self._finish(request, error=queued_past_deadline())
+                return True
+            slot_timeout = self._slot_timeout
+            if slot_timeout is not None and timeout > slot_timeout:
+                # Only publishes with a timeout longer than the sink's pay for this timer.
+                clock = self._clock_or_fail()
+                clock.call_at(clock.time() + slot_timeout, self._free_slot, request)
+            send_now = self._send_now
+            # Write now, settle from the publisher's ack callback. No task, future or timer
+            # per event, and messages reach the connection in queue order: a failed write is
+            # retried before anything behind it is sent, unless the previous write failed for
+            # good too (then the connection is down and the breaker will stop the flow).
+            request.attempts = 1
+            try:
+                token = send_now(request.subject, request.payload, request.headers, request)
+            except Exception as error:
+                if self._writes_failing or self._retry_attempts < 2 or not is_transient(error):
+                    self._writes_failing = is_transient(error)
+                    _break_order(request)
+                    self._finish(request, error=as_sink_error(error))
+                    return True
+                self._drain_state = _HELD
+                self._spawn(self._retry_send(request))
+                return False
+            self._writes_failing = False
+            request.ack_token = token
+            self._watch_deadline(request)
         except Exception as exc:  # a bug must cost one event, never the loop
             logger.exception("sending an event failed unexpectedly; the loop goes on")
             self._finish(request, error=internal_error(exc))
-            return True
-
-    def _send(self, request: PublishRequest) -> bool:
-        timeout = request.deadline - time.monotonic()
-        if timeout <= 0:
-            _break_order(request)
-            self._finish(request, error=queued_past_deadline())
-            return True
-        slot_timeout = self._slot_timeout
-        if slot_timeout is not None and timeout > slot_timeout:
-            # Only publishes with a timeout longer than the sink's pay for this timer.
-            clock = self._clock_or_fail()
-            clock.call_at(clock.time() + slot_timeout, self._free_slot, request)
-        send_now = self._send_now
-        # Write now, settle from the publisher's ack callback. No task, future or timer
-        # per event, and messages reach the connection in queue order: a failed write is
-        # retried before anything behind it is sent, unless the previous write failed for
-        # good too (then the connection is down and the breaker will stop the flow).
-        request.attempts = 1
-        try:
-            token = send_now(request.subject, request.payload, request.headers, request)
-        except Exception as error:
-            if self._writes_failing or self._retry_attempts < 2 or not is_transient(error):
-                self._writes_failing = is_transient(error)
-                _break_order(request)
-                self._finish(request, error=as_sink_error(error))
-                return True
-            self._drain_state = _HELD
-            self._spawn(self._retry_send(request))
-            return False
-        self._writes_failing = False
-        request.ack_token = token
-        self._watch_deadline(request)
         return True
 
     async def _retry_send(self, request: PublishRequest) -> None:
@@ -603,16 +599,15 @@ class LoopRunner:
         # request.deadline is on time.monotonic(); the timers run on the deadline clock:
         # the loop's (asyncio's own time() reads time.monotonic(), but a subclass may
         # not), or a test's.
-        clock = self._clock_or_fail()
         if self._deadlines_on_loop_time:
             when = request.deadline
         else:
-            when = clock.time() + request.deadline - time.monotonic()
+            when = self._clock_or_fail().time() + request.deadline - time.monotonic()
         slot = request.deadline_slot = math.ceil(when / _DEADLINE_SLOT_SECONDS)
         watched = self._deadline_slots.get(slot)
         if watched is None:
             watched = self._deadline_slots[slot] = set()
-            clock.call_at(slot * _DEADLINE_SLOT_SECONDS, self._expire_slot, slot)
+            self._clock_or_fail().call_at(slot * _DEADLINE_SLOT_SECONDS, self._expire_slot, slot)
         watched.add(request)
 
     def _expire_slot(self, slot: int) -> None:
@@ -672,13 +667,30 @@ class LoopRunner:
         result: Optional[PubAck] = None,
         error: Optional[BaseException] = None,
     ) -> None:
+        """Hand the request its outcome, once: the hook, the caller, the slot, the counts.
+
+        For every request, sent or not: one that never held an in-flight slot just skips
+        that part (one function for both, as it runs for every event).
+        """
         if request.settled:
             return
+        request.settled = True
         held = request.holds_slot
         if held:
             request.holds_slot = False
             self._in_flight -= 1
-        self._settle(request, result, error)
+        # The hook runs first: a caller woken by the outcome must already see its effects
+        # (a probe's success has closed the circuit by the time its emit() returns).
+        if self._on_outcome is not None:
+            try:
+                self._on_outcome(request, result, error)
+            except Exception:  # the caller must get its outcome whatever the hook did
+                logger.exception("the outcome hook of a publish raised; ignored")
+        try:
+            request.resolve(result, error)
+        finally:
+            self._settled += 1
+            self._advance_watermark(request.seq)
         if held and self._drain_state is _WAITING_FOR_ROOM:
             self._drain_into_freed_slot()
 
@@ -694,28 +706,6 @@ class LoopRunner:
         if self._drain_state is _WAITING_FOR_ROOM:
             self._drain_state = _IDLE
             self._drain(after_ack=True)
-
-    def _settle(
-        self,
-        request: PublishRequest,
-        result: Optional[PubAck] = None,
-        error: Optional[BaseException] = None,
-    ) -> None:
-        if request.settled:
-            return
-        request.settled = True
-        # The hook runs first: a caller woken by the outcome must already see its effects
-        # (a probe's success has closed the circuit by the time its emit() returns).
-        if self._on_outcome is not None:
-            try:
-                self._on_outcome(request, result, error)
-            except Exception:  # the caller must get its outcome whatever the hook did
-                logger.exception("the outcome hook of a publish raised; ignored")
-        try:
-            request.resolve(result, error)
-        finally:
-            self._settled += 1
-            self._advance_watermark(request.seq)
 
     def _advance_watermark(self, seq: int) -> None:
         if seq != self._watermark:

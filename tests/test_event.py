@@ -10,6 +10,7 @@ import json
 import math
 import pickle
 import re
+import sys
 import uuid
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
@@ -973,6 +974,33 @@ odd_json_values = st.recursive(
 def test_the_fast_data_check_accepts_nothing_the_full_check_refuses(value: Any) -> None:
     if data_module._is_plain_json(value, 0):
         data_module._check_json_value(value, 0)  # must not raise
+
+
+@pytest.mark.parametrize("limit", [0, 640, 4300])
+@pytest.mark.parametrize(
+    "member",
+    [2**63, -(2**63) - 1, 10**639, 10**640, -(10**700), 10**4299, 10**4300, "\ud800", "é", True],
+    ids=lambda member: f"int{member.bit_length()}b" if type(member) is int else repr(member),
+)
+def test_the_fast_data_check_agrees_with_the_full_check_at_any_digit_limit(
+    limit: int, member: Any
+) -> None:
+    # Python refuses to write ints past sys.get_int_max_str_digits(): whatever the limit,
+    # the fast check accepts nothing the full check refuses.
+    if not hasattr(sys, "set_int_max_str_digits"):  # an old 3.9: no limit to lower
+        limit = 0
+    before = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+    if limit:
+        sys.set_int_max_str_digits(limit)
+    try:
+        for data in ({"n": 1, "s": "text", "member": member}, [member, "x"]):
+            if data_module._is_plain_json(data, 0):
+                data_module._check_json_value(data, 0)  # must not raise
+            else:
+                assert type(member) is not bool
+    finally:
+        if limit:
+            sys.set_int_max_str_digits(before)
 
 
 def test_the_fast_data_check_leaves_deep_and_circular_data_to_the_full_check() -> None:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import pytest
 
-from cellos_sink_jetstream import CloudEventV1, JetStreamEventSink, _publisher
+from cellos_sink_jetstream import CloudEventV1, JetStreamEventSink, StreamMismatchError, _publisher
 from cellos_sink_jetstream._publisher import _read_plain_ack
 from tests.conftest import StagedStream
 
@@ -102,24 +102,40 @@ def test_a_real_servers_acks_take_the_shortcut(
     stream: StagedStream, monkeypatch: pytest.MonkeyPatch, configured: bool
 ) -> None:
     read: list[Any] = []
+    by_json: list[bytes] = []
+    stock_read_ack = _publisher.NatsPublisher._read_ack
 
-    def spy(data: bytes, *expected: Any) -> Optional[tuple[str, int, bool]]:
-        result = _read_plain_ack(data, *expected)
+    def spy(data: bytes) -> Optional[tuple[str, int, bool]]:
+        result = _read_plain_ack(data)
         read.append(result)
         return result
 
+    def json_spy(self: Any, subject: str, data: bytes) -> tuple[str, int, bool]:
+        by_json.append(data)
+        return stock_read_ack(self, subject, data)
+
     monkeypatch.setattr(_publisher, "_read_plain_ack", spy)
+    monkeypatch.setattr(_publisher.NatsPublisher, "_read_ack", json_spy)
     event = CloudEventV1(id="ack-1", source="/supervisor", type="cell.lifecycle")
-    expected = stream.name if configured else None  # with it, the name is not decoded
+    expected = stream.name if configured else None
     with JetStreamEventSink.connect(stream.url, stream.subject("ack"), stream=expected) as sink:
         first = sink.publish(event)
         again = sink.publish(event)
     assert (first.stream, first.duplicate, again.duplicate) == (stream.name, False, True)
-    assert read == [(stream.name, first.seq, False), (stream.name, first.seq, True)]
+    assert again.seq == first.seq > 0
+    assert by_json == []
+    # The configured stream's acks are read where they arrive, without decoding its name.
+    decoded = [(stream.name, first.seq, False), (stream.name, first.seq, True)]
+    assert read == ([] if configured else decoded)
 
 
-def test_an_ack_from_another_stream_than_the_expected_one_is_read_as_it_is() -> None:
-    # The expected stream's name is compared as bytes, not decoded; any other is decoded,
-    # so that the publisher can report the mismatch with its name.
-    assert _read_plain_ack(b'{"stream":"S","seq":5}', "S", b"S") == ("S", 5, False)
-    assert _read_plain_ack(b'{"stream":"T","seq":5}', "S", b"S") == ("T", 5, False)
+def test_an_ack_from_another_stream_than_the_expected_one_is_refused_by_name(
+    stream: StagedStream,
+) -> None:
+    # The expected stream's name is compared as bytes; an ack from any other takes the
+    # general path, which decodes its name to report the mismatch.
+    other = f"{stream.name}_OTHER"
+    event = CloudEventV1(id="ack-2", source="/supervisor", type="cell.lifecycle")
+    with JetStreamEventSink.connect(stream.url, stream.subject("ack"), stream=other) as sink:
+        with pytest.raises(StreamMismatchError, match=stream.name):
+            sink.publish(event)

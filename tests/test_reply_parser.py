@@ -27,6 +27,8 @@ class Recorder:
     def __init__(self) -> None:
         self.seen: list[tuple[Any, ...]] = []
         self.by_fast_reader = 0
+        # (messages, payload bytes) the fast reader reported, per read that delivered any.
+        self.counted: list[tuple[int, int]] = []
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Optional[bytes]
@@ -49,11 +51,17 @@ class Recorder:
     async def _process_err(self, message: str) -> None:
         self.seen.append(("err", message))
 
-    def receive(self, handler: object, subject: bytes, data: bytes) -> None:
-        assert handler == "direct handler"
+    def direct_handler(self, subject: bytes, data: bytes, status: Optional[str]) -> None:
+        assert status is None
         self.by_fast_reader += 1
         # As nats-py would have delivered it: no reply subject, no headers.
         self.seen.append(("msg", DIRECT_SID, subject, b"", data, None))
+
+    def delivered(self, messages: int, payload_bytes: int) -> None:
+        self.counted.append((messages, payload_bytes))
+
+    def fast_parser(self) -> DirectReplyParser:
+        return DirectReplyParser(self, {DIRECT_SID: self.direct_handler}, self.delivered)
 
 
 def ack_payload(seq: int) -> bytes:
@@ -108,7 +116,7 @@ def run(parser: Parser, reads: list[bytes]) -> None:
 def both_parsers_on(reads: list[bytes]) -> tuple[Recorder, Recorder]:
     stock, fast = Recorder(), Recorder()
     run(Parser(stock), reads)
-    run(DirectReplyParser(fast, {DIRECT_SID: "direct handler"}, fast.receive), reads)
+    run(fast.fast_parser(), reads)
     return stock, fast
 
 
@@ -123,6 +131,24 @@ def test_a_read_of_acks_is_delivered_by_the_fast_reader_in_order() -> None:
     assert fast.seen == stock.seen
     assert fast.by_fast_reader == 200
     assert fast.seen[-1][4] == ack_payload(199)
+    # nats-py's counts of what came in, told once for the read.
+    assert fast.counted == [(200, sum(len(ack_payload(seq)) for seq in range(200)))]
+
+
+def test_a_handler_that_raises_costs_its_own_message_only(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = Recorder()
+    taken: list[bytes] = []
+
+    def handler(subject: bytes, data: bytes, status: Optional[str]) -> None:
+        taken.append(data)
+        if data == ack_payload(2):
+            raise RuntimeError("boom")
+
+    parser = DirectReplyParser(recorder, {DIRECT_SID: handler}, recorder.delivered)
+    run(parser, [ack(1) + ack(2) + ack(3)])
+    assert taken == [ack_payload(1), ack_payload(2), ack_payload(3)]
+    assert recorder.counted == [(3, sum(len(ack_payload(seq)) for seq in (1, 2, 3)))]
+    assert "handling a reply from NATS failed" in caplog.text
 
 
 @pytest.mark.parametrize("frame", OTHER_FRAMES, ids=lambda frame: frame[:12].decode())
@@ -162,7 +188,7 @@ def test_the_fast_reader_takes_over_again_after_nats_py_read_a_frame() -> None:
 
 def test_a_payload_cut_in_two_waits_in_the_fast_reader_not_in_nats_py() -> None:
     frame = ack(1)
-    parser = DirectReplyParser(Recorder(), {DIRECT_SID: "direct handler"}, Recorder().receive)
+    parser = Recorder().fast_parser()
     run(parser, [frame[:-5]])
     # No control line taken: nats-py's parser could carry on from here as well.
     assert parser.state == AWAITING_CONTROL_LINE
@@ -186,7 +212,7 @@ def test_random_streams_cut_at_random_are_read_as_nats_py_reads_them() -> None:
 
 def test_a_reset_parser_reads_a_fresh_connection_from_its_first_byte() -> None:
     recorder = Recorder()
-    parser = DirectReplyParser(recorder, {DIRECT_SID: "direct handler"}, recorder.receive)
+    parser = recorder.fast_parser()
     run(parser, [ack(1)[:15]])  # the connection drops mid-frame; nats-py resets its parser
     parser.reset()
     run(parser, [ack(2)])
