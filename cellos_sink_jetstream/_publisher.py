@@ -353,26 +353,13 @@ class NatsPublisher:
         if pending is None:
             return  # a late reply to a publish that was forgotten
         receiver, subject = pending
-        if status is None:
+        if status is None and self._expected_stream is not None:
             # Nearly every reply: the configured stream's ack in nats-server's plain form,
-            # read here without a call per step (the loop thread reads one per event).
+            # read here without the general path's calls (one per event on the loop thread).
             match = _PLAIN_ACK.fullmatch(data)
             if match is not None and match[1] == self._expected_bytes:
-                ack = _new_object(PubAck)
-                # Frozen: its fields set as the dataclass's __init__ does, without its frame.
-                _set_attribute(
-                    ack,
-                    "__dict__",
-                    {
-                        "stream": self._expected_stream,
-                        "seq": int(match[2]),
-                        "duplicate": match[3] is not None,
-                    },
-                )
-                if isinstance(receiver, asyncio.Future):
-                    self._deliver(receiver, ack, None)
-                else:
-                    self._listener(receiver, ack, None)
+                ack = PubAck(self._expected_stream, int(match[2]), match[3] is not None)
+                self._deliver(receiver, ack, None)
                 return
         try:
             ack = self._parse_ack(subject, data, status)
@@ -713,7 +700,3 @@ def _read_plain_ack(data: bytes) -> Optional[tuple[str, int, bool]]:
     except UnicodeDecodeError:
         return None
     return stream, int(match[2]), match[3] is not None
-
-
-_new_object = object.__new__
-_set_attribute = object.__setattr__

@@ -114,6 +114,18 @@ def test_a_real_servers_acks_take_the_shortcut(
         by_json.append(data)
         return stock_read_ack(self, subject, data)
 
+    class CountingPattern:
+        """The plain-ack expression, counting what it is asked to match."""
+
+        def __init__(self, pattern: Any) -> None:
+            self.pattern, self.matched = pattern, 0
+
+        def fullmatch(self, data: bytes) -> Any:
+            self.matched += 1
+            return self.pattern.fullmatch(data)
+
+    pattern = CountingPattern(_publisher._PLAIN_ACK)
+    monkeypatch.setattr(_publisher, "_PLAIN_ACK", pattern)
     monkeypatch.setattr(_publisher, "_read_plain_ack", spy)
     monkeypatch.setattr(_publisher.NatsPublisher, "_read_ack", json_spy)
     event = CloudEventV1(id="ack-1", source="/supervisor", type="cell.lifecycle")
@@ -124,6 +136,7 @@ def test_a_real_servers_acks_take_the_shortcut(
     assert (first.stream, first.duplicate, again.duplicate) == (stream.name, False, True)
     assert again.seq == first.seq > 0
     assert by_json == []
+    assert pattern.matched == 2  # each ack matched once, whichever path read it
     # The configured stream's acks are read where they arrive, without decoding its name.
     decoded = [(stream.name, first.seq, False), (stream.name, first.seq, True)]
     assert read == ([] if configured else decoded)
